@@ -1,0 +1,49 @@
+"""Keeping the secret key and task tickets out of every text we produce."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["Secret", "mask_tickets"]
+
+# After "?", "&" (raw or percent-encoded) or a word boundary, so a ticket quoted
+# in an HTML error page ("<p>ticket=...") is masked too.
+_TICKET = re.compile(
+    r"((?:\?|&|%3F|%26|\b)(?:ticket|__clerk_ticket)(?:=|%3D))[^&#\s'\"<>]+", re.IGNORECASE
+)
+_SECRET_KEY = re.compile(r"sk_(?:test|live)_[A-Za-z0-9_-]+")
+MASK = "***"
+
+
+def mask_tickets(text: str) -> str:
+    """Return ``text`` with every ``ticket=`` query value and every secret key masked."""
+    return _SECRET_KEY.sub("sk_***", _TICKET.sub(r"\1" + MASK, text))
+
+
+class Secret:
+    """A secret string that never shows itself in ``repr``, ``str`` or f-strings.
+
+    Read the value with :meth:`reveal` at the single place it must be sent.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __format__(self, format_spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
