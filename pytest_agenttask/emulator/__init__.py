@@ -1,0 +1,31 @@
+"""A Clerk emulator for Agent Tasks: Backend and Frontend API on loopback.
+
+::
+
+    from pytest_agenttask.emulator import ClerkEmulator
+
+    with ClerkEmulator() as clerk:
+        clerk.api_url           # Backend API base, "http://127.0.0.1:<port>/v1"
+        clerk.frontend_api_url  # Frontend API base, where task URLs point
+        clerk.secret_key        # the sk_test_ key it accepts
+        clerk.default_user_id   # a seeded user (agent@example.com)
+        clerk.inject_fault(path="/v1/agents/tasks", status=503, retry_after=1)
+
+Standard library only; no pytest, no httpx. ``python -m pytest_agenttask.emulator``
+runs it as a command.
+"""
+
+from __future__ import annotations
+
+from ._emulator import ClerkEmulator
+from ._faults import Fault
+from ._state import EmulatedTask, EmulatedUser, RecordedRequest, TaskStatus
+
+__all__ = [
+    "ClerkEmulator",
+    "EmulatedTask",
+    "EmulatedUser",
+    "Fault",
+    "RecordedRequest",
+    "TaskStatus",
+]
