@@ -70,9 +70,15 @@ class AgentTask:
                 )
         url = data.get("url")
         if url is not None and not isinstance(url, str):
-            raise ClerkTransportError(f"{where} answered an agent_task whose url is not a string", retryable=False)
-        assert isinstance(task_id, str) and isinstance(agent_id, str)
-        redacted = {k: (mask_tickets(v) if k == "url" and isinstance(v, str) else v) for k, v in data.items()}
+            raise ClerkTransportError(
+                f"{where} answered an agent_task whose url is not a string", retryable=False
+            )
+        assert isinstance(task_id, str)
+        assert isinstance(agent_id, str)
+        redacted = {
+            key: mask_tickets(value) if key == "url" and isinstance(value, str) else value
+            for key, value in data.items()
+        }
         return cls(
             agent_id=agent_id,
             agent_task_id=task_id,
