@@ -584,20 +584,38 @@ def test_revoking_the_task_of_a_deleted_user(bapi: Backend, clerk: ClerkEmulator
 
 
 @pytest.mark.parametrize(
-    "path", ["/users", "/agents/tasks/", "/agents/tasks/agttsk_x", "/agents/tasks//revoke"]
+    "path",
+    [
+        "/organizations",
+        "/agents/tasks/",
+        "/agents/tasks/agttsk_x",
+        "/agents/tasks//revoke",
+        "/sessions/",
+        "/sessions/sess_x/refresh",
+        "/users/user_x",
+    ],
 )
 def test_an_unknown_route_is_not_found(bapi: Backend, path: str) -> None:
     expect_error(bapi.request("POST", path), 404, "resource_not_found")
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("GET", "/agents/tasks"), ("DELETE", "/agents/tasks"), ("GET", "/agents/tasks/x/revoke")],
+    ("method", "path", "allow"),
+    [
+        ("GET", "/agents/tasks", "POST"),
+        ("DELETE", "/agents/tasks", "POST"),
+        ("GET", "/agents/tasks/x/revoke", "POST"),
+        ("POST", "/users", "GET"),
+        ("POST", "/jwks", "GET"),
+        ("DELETE", "/sessions/sess_x", "GET"),
+        ("GET", "/sessions/sess_x/revoke", "POST"),
+        ("GET", "/sessions/sess_x/tokens", "POST"),
+    ],
 )
-def test_a_wrong_method_is_not_allowed(bapi: Backend, method: str, path: str) -> None:
+def test_a_wrong_method_is_not_allowed(bapi: Backend, method: str, path: str, allow: str) -> None:
     response = bapi.request(method, path)
     expect_error(response, 405, "method_not_allowed")
-    assert response.headers["allow"] == "POST"
+    assert response.headers["allow"] == allow
 
 
 def test_keep_alive_reuses_one_connection(bapi: Backend) -> None:
@@ -998,7 +1016,7 @@ def test_the_rate_limit() -> None:
         assert clerk.requests[-1].fault == "rate_limit"
         assert len(clerk.tasks) == 3
         # Not limited: the JWKS endpoint, and requests that do not authenticate.
-        assert bapi.request("GET", "/jwks").status_code == 404
+        assert bapi.request("GET", "/jwks").status_code == 200
         unauthenticated = bapi.request("POST", "/agents/tasks", headers={}, json={})
         assert unauthenticated.status_code == 401
         time.sleep(0.55)

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         "--rate-limit", action="store_true", help="enforce 100 Backend API requests per 10 s"
     )
     parser.add_argument(
+        "--session-token-lifetime",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long session tokens are valid (default: 60, as Clerk's)",
+    )
+    parser.add_argument(
         "--domain",
         action="append",
         default=[],
@@ -63,12 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             frontend_port=args.frontend_port,
             rate_limit=args.rate_limit,
             domains=args.domains,
+            session_token_lifetime=args.session_token_lifetime,
         )
     except (TypeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         emulator.start()
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except OSError as error:
         print(f"error: cannot listen on {args.host}: {error}", file=sys.stderr)
         return 1

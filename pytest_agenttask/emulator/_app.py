@@ -1,7 +1,10 @@
 """The emulated endpoints: plain functions of a parsed request, free of sockets.
 
 Backend API (paths under ``/v1``, secret key required):
-``POST /v1/agents/tasks`` and ``POST /v1/agents/tasks/{agent_task_id}/revoke``.
+``POST /v1/agents/tasks``, ``POST /v1/agents/tasks/{agent_task_id}/revoke``,
+``GET /v1/sessions``, ``GET /v1/sessions/{session_id}``,
+``POST /v1/sessions/{session_id}/revoke``, ``POST /v1/sessions/{session_id}/tokens``,
+``GET /v1/users`` and ``GET /v1/jwks``.
 Frontend API: ``GET /v1/agents/tasks?ticket=...`` and the emulator's own
 landing page ``GET /__emulator/signed-in``.
 """
@@ -20,7 +23,10 @@ from urllib.parse import parse_qs, unquote, unquote_plus, urlencode, urlsplit, u
 from ._errors import ApiError, ErrorDetail, envelope, status_error
 from ._faults import RateLimiter
 from ._ids import new_id
-from ._state import EmulatedTask, InstanceState
+from ._resources import session_json, user_json
+from ._sessions import SessionManager
+from ._signing import RS256Signer
+from ._state import EmulatedTask, EmulatedUser, InstanceState, SessionStatus
 
 __all__ = [
     "API_VERSIONS",
@@ -45,6 +51,22 @@ SIGNED_IN_PATH = "/__emulator/signed-in"
 _TASKS_PATH = "/v1/agents/tasks"
 _REVOKE_PATH = re.compile(r"/v1/agents/tasks/([^/]+)/revoke")
 _JWKS_PATH = "/v1/jwks"
+_SESSIONS_PATH = "/v1/sessions"
+_SESSION_PATH = re.compile(r"/v1/sessions/([^/]+)")
+_SESSION_ACTION_PATH = re.compile(r"/v1/sessions/([^/]+)/(revoke|tokens)")
+_USERS_PATH = "/v1/users"
+_SESSION_STATUSES: tuple[SessionStatus, ...] = (
+    "abandoned",
+    "active",
+    "ended",
+    "expired",
+    "removed",
+    "replaced",
+    "revoked",
+)  # the values GET /v1/sessions accepts for `status`
+_MAX_LIMIT = 500
+_TOKEN_LIFETIME_RANGE = (30, 315360000)  # expires_in_seconds, per the spec
+_USER_FILTERS = ("email_address", "phone_number", "username", "user_id")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _CREATE_FIELDS = (
     "on_behalf_of",
@@ -130,7 +152,8 @@ def _not_found() -> ApiError:
 
 
 class BackendAPI:
-    """Clerk's Backend API, restricted to Agent Tasks."""
+    """Clerk's Backend API, restricted to Agent Tasks, the sessions they open,
+    users (listing) and the instance's JWKS."""
 
     def __init__(
         self,
@@ -139,22 +162,44 @@ class BackendAPI:
         secret_key: str,
         limiter: Callable[[], RateLimiter | None],
         task_url: Callable[[str], str],
+        sessions: SessionManager,
+        signer: RS256Signer,
     ) -> None:
         self._state = state
         self._secret_key = secret_key
         self._limiter = limiter
         self._task_url = task_url
+        self._sessions = sessions
+        self._signer = signer
 
     def handle(self, request: Request) -> Response:
         self._authenticate(request)
         self._rate_limit(request)
         self._check_api_version(request)
-        if request.path == _TASKS_PATH:
-            return _route(request, {"POST": lambda: self._create(request)})
-        match = _REVOKE_PATH.fullmatch(request.path)
-        if match is not None:
+        return _route(request, self._routes(request))
+
+    def _routes(self, request: Request) -> dict[str, Callable[[], Response]]:
+        """The handlers for the request's path, by method (a 404 for an unknown path)."""
+        path = request.path
+        fixed: dict[str, dict[str, Callable[[], Response]]] = {
+            _TASKS_PATH: {"POST": lambda: self._create(request)},
+            _JWKS_PATH: {"GET": self._jwks},
+            _SESSIONS_PATH: {"GET": lambda: self._list_sessions(request)},
+            _USERS_PATH: {"GET": lambda: self._list_users(request)},
+        }
+        if path in fixed:
+            return fixed[path]
+        if match := _REVOKE_PATH.fullmatch(path):
             task_id = unquote(match[1])
-            return _route(request, {"POST": lambda: self._revoke(task_id)})
+            return {"POST": lambda: self._revoke(task_id)}
+        if match := _SESSION_ACTION_PATH.fullmatch(path):
+            session_id, action = unquote(match[1]), match[2]
+            if action == "revoke":
+                return {"POST": lambda: self._revoke_session(session_id)}
+            return {"POST": lambda: self._create_token(session_id, request)}
+        if match := _SESSION_PATH.fullmatch(path):
+            session_id = unquote(match[1])
+            return {"GET": lambda: self._get_session(session_id)}
         raise _not_found()
 
     def _authenticate(self, request: Request) -> None:
@@ -274,6 +319,175 @@ class BackendAPI:
             state.tasks[task_id] = task
         return json_response(200, _agent_task_json(task))
 
+    # -- JWKS, sessions, users ---------------------------------------------
+
+    def _jwks(self) -> Response:
+        # The spec's global bearerAuth applies (the SDK sends the secret key);
+        # Clerk does not rate-limit this endpoint (see _rate_limit).
+        return json_response(200, {"keys": [self._signer.jwk()]})
+
+    def _list_sessions(self, request: Request) -> Response:
+        query = _Query(request.query)
+        user_id = query.string("user_id")
+        client_id = query.string("client_id")
+        status = query.choice("status", _SESSION_STATUSES)
+        paginated = query.boolean("paginated")
+        limit = query.integer("limit", 10, 1, _MAX_LIMIT)
+        offset = query.integer("offset", 0, 0, None)
+        if user_id is None and client_id is None:
+            # Deprecated since 2024-01-01 (the spec): "at least one of client_id or
+            # user_id parameters should be provided".
+            query.errors.append(
+                ErrorDetail(
+                    "form_param_missing",
+                    "at least one parameter must be provided",
+                    "at least one of `client_id, user_id` must be provided",
+                    {"param_name": "user_id"},
+                )
+            )
+        query.check()
+        found = self._sessions.find(user_id=user_id, client_id=client_id, status=status)
+        page = [session_json(session) for session in found[offset : offset + limit]]
+        if paginated:
+            return json_response(200, {"data": page, "total_count": len(found)})
+        return json_response(200, page)
+
+    def _get_session(self, session_id: str) -> Response:
+        return json_response(200, session_json(self._sessions.get(session_id)))
+
+    def _revoke_session(self, session_id: str) -> Response:
+        # The request has no body; whatever came is ignored.
+        return json_response(200, session_json(self._sessions.revoke(session_id)))
+
+    def _create_token(self, session_id: str, request: Request) -> Response:
+        body = _json_object(request)
+        lifetime = body.get("expires_in_seconds")
+        low, high = _TOKEN_LIFETIME_RANGE
+        if lifetime is not None:
+            if isinstance(lifetime, bool) or not isinstance(lifetime, int):
+                raise ApiError(422, [_type_invalid("expires_in_seconds", "integer")])
+            if not low <= lifetime <= high:
+                raise ApiError(
+                    422,
+                    [
+                        _value_invalid(
+                            "expires_in_seconds",
+                            f"expires_in_seconds must be between {low} and {high}.",
+                        )
+                    ],
+                )
+        jwt = self._sessions.mint(session_id, None if lifetime is None else float(lifetime))
+        return json_response(200, {"object": "token", "jwt": jwt})
+
+    def _list_users(self, request: Request) -> Response:
+        query = _Query(request.query)
+        filters = {name: query.strings(name) for name in _USER_FILTERS}
+        limit = query.integer("limit", 10, 1, _MAX_LIMIT)
+        offset = query.integer("offset", 0, 0, None)
+        query.check()
+        with self._state.lock:
+            users = list(self._state.users.values())
+        # Clerk's default order is `-created_at`, newest first.
+        found = [user for user in reversed(users) if _user_matches(user, filters)]
+        return json_response(200, [user_json(user) for user in found[offset : offset + limit]])
+
+
+def _user_matches(user: EmulatedUser, filters: Mapping[str, list[str]]) -> bool:
+    """Each given filter must match (AND); within one, any value may (OR).
+    ``user_id`` values may start with ``+`` (include) or ``-`` (exclude)."""
+    emails = filters["email_address"]
+    if emails and (
+        user.email_address is None
+        or user.email_address.casefold() not in {email.casefold() for email in emails}
+    ):
+        return False
+    phones = filters["phone_number"]
+    if phones and (
+        user.phone_number is None
+        or _phone(user.phone_number) not in {_phone(phone) for phone in phones}
+    ):
+        return False
+    usernames = filters["username"]
+    if usernames and (
+        user.username is None
+        or user.username.casefold() not in {name.casefold() for name in usernames}
+    ):
+        return False
+    ids = filters["user_id"]
+    excluded = {value[1:] for value in ids if value.startswith("-")}
+    included = {value.removeprefix("+") for value in ids if not value.startswith("-")}
+    if user.user_id in excluded:
+        return False
+    return not included or user.user_id in included
+
+
+def _phone(number: str) -> str:
+    # A bare "+" in a query string decodes to a space: "+1555..." arrives as " 1555...".
+    digits = "".join(ch for ch in number if ch.isdigit())
+    return f"+{digits}"
+
+
+class _Query:
+    """Query parameters, validated one by one; problems gather in ``errors``
+    and :meth:`check` reports them all at once (422)."""
+
+    def __init__(self, query: str) -> None:
+        self._values = parse_qs(query, keep_blank_values=True)
+        self.errors: list[ErrorDetail] = []
+
+    def strings(self, name: str) -> list[str]:
+        return [value.strip() for value in self._values.get(name, []) if value.strip()]
+
+    def string(self, name: str) -> str | None:
+        values = self.strings(name)
+        return values[0] if values else None
+
+    def choice(self, name: str, allowed: Sequence[SessionStatus]) -> SessionStatus | None:
+        value = self.string(name)
+        if value is None:
+            return None
+        for option in allowed:
+            if value == option:
+                return option
+        self.errors.append(
+            _value_invalid(
+                name,
+                f"{value} does not match the allowed values for parameter {name}. "
+                f"You can use one of the following: {', '.join(allowed)}",
+            )
+        )
+        return None
+
+    def boolean(self, name: str) -> bool:
+        value = self.string(name)
+        if value is None:
+            return False
+        if value.lower() in ("true", "1"):
+            return True
+        if value.lower() not in ("false", "0"):
+            self.errors.append(_type_invalid(name, "boolean"))
+        return False
+
+    def integer(self, name: str, default: int, low: int, high: int | None) -> int:
+        """The parameter's value, or ``default`` when absent or invalid (then an error)."""
+        value = self.string(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.errors.append(_type_invalid(name, "integer"))
+            return default
+        if number < low or (high is not None and number > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            self.errors.append(_value_invalid(name, f"{name} must be {bound}."))
+            return default
+        return number
+
+    def check(self) -> None:
+        if self.errors:
+            raise ApiError(422, self.errors)
+
 
 def _agent_task_json(task: EmulatedTask) -> dict[str, Any]:
     return {
@@ -336,10 +550,11 @@ def _unknown(name: str) -> ErrorDetail:
 
 
 def _type_invalid(name: str, type_name: str) -> ErrorDetail:
+    article = "an" if type_name[:1] in "aeiou" else "a"
     return ErrorDetail(
         "form_param_type_invalid",
         "is invalid",
-        f"`{name}` must be a `{type_name}`.",
+        f"`{name}` must be {article} `{type_name}`.",
         {"param_name": name},
     )
 

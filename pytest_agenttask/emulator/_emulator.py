@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -23,7 +24,16 @@ from ._errors import ApiError, envelope, status_error
 from ._faults import Fault, RateLimiter
 from ._ids import new_id, new_secret_key
 from ._server import LoopbackServer
-from ._state import API, EmulatedTask, EmulatedUser, InstanceState, RecordedRequest
+from ._sessions import DEFAULT_SESSION_TOKEN_LIFETIME, SessionManager
+from ._signing import RS256Signer
+from ._state import (
+    API,
+    EmulatedSession,
+    EmulatedTask,
+    EmulatedUser,
+    InstanceState,
+    RecordedRequest,
+)
 
 __all__ = ["ClerkEmulator"]
 
@@ -38,8 +48,15 @@ class ClerkEmulator:
     The Backend API listens on :attr:`api_url`, the Frontend API (where task
     URLs point) on :attr:`frontend_api_url`. Use it as a context manager, or
     call :meth:`start` and :meth:`stop`. The state can be inspected
-    (:attr:`tasks`, :attr:`requests`), faults injected (:meth:`inject_fault`)
-    and Clerk's rate limit enforced (``rate_limit=True``).
+    (:attr:`tasks`, :attr:`sessions`, :attr:`requests`), faults injected
+    (:meth:`inject_fault`) and Clerk's rate limit enforced (``rate_limit=True``).
+
+    Consuming a task's ticket opens a session for the task's user, acted by the
+    agent, and redirects with the development handshake. Session tokens are
+    RS256 JWTs signed with a per-instance RSA key (:attr:`jwt_key`, and the
+    Backend API's ``GET /v1/jwks``), valid ``session_token_lifetime`` seconds.
+    Signing needs the optional extra ``pytest-agenttask[emulator]``
+    (cryptography and PyJWT); :meth:`start` raises ``ImportError`` without it.
 
     Errors raised by the emulator's own handlers are answered with a 500 and
     kept; :meth:`check_errors` re-raises them in the test.
@@ -56,6 +73,7 @@ class ClerkEmulator:
         rate_limit_requests: int = 100,
         rate_limit_window: float = 10.0,
         domains: Sequence[str] = (),
+        session_token_lifetime: float = DEFAULT_SESSION_TOKEN_LIFETIME,
     ) -> None:
         if secret_key is None:
             secret_key = new_secret_key()
@@ -65,6 +83,7 @@ class ClerkEmulator:
         if isinstance(domains, str):
             raise TypeError("domains must be a sequence of host names, not a string")
         self._secret_key = secret_key
+        self._session_token_lifetime = _lifetime(session_token_lifetime)
         self._host = host
         self._ports = (port, frontend_port)
         self._domains = tuple(_normalize_domain(domain) for domain in domains)
@@ -78,11 +97,20 @@ class ClerkEmulator:
         self._servers: tuple[LoopbackServer, LoopbackServer] | None = None
         self._threads: tuple[threading.Thread, ...] = ()
         self._frontend_base = ""  # kept after stop() for requests still in flight
+        self._signer = RS256Signer()
+        self._sessions = SessionManager(
+            self._state,
+            self._signer,
+            issuer=lambda: self._frontend_base,
+            token_lifetime=lambda: self._session_token_lifetime,
+        )
         self._backend = BackendAPI(
             self._state,
             secret_key=secret_key,
             limiter=lambda: self._limiter if self._rate_limit else None,
             task_url=lambda ticket: f"{self._frontend_base}/v1/agents/tasks?ticket={ticket}",
+            sessions=self._sessions,
+            signer=self._signer,
         )
         self._frontend = FrontendAPI(
             self._state, domains=self._domains, on_consumed=self._on_ticket_consumed
@@ -92,10 +120,14 @@ class ClerkEmulator:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Open both listeners (no-op when already running)."""
+        """Open both listeners (no-op when already running).
+
+        Raises ``ImportError`` (``pip install 'pytest-agenttask[emulator]'``)
+        when cryptography or PyJWT is missing."""
         with self._lifecycle:
             if self._servers is not None:
                 return
+            self._signer.ensure_available()
             self._stopping.clear()
             port, frontend_port = self._ports
             api = LoopbackServer(
@@ -191,6 +223,23 @@ class ClerkEmulator:
         return self._secret_key
 
     @property
+    def jwt_key(self) -> str:
+        """The PEM public key (SubjectPublicKeyInfo) that verifies the session
+        tokens, for ``AuthenticateRequestOptions(jwt_key=...)``. The same key is
+        served as a JWK by ``GET /v1/jwks``."""
+        return self._signer.public_key_pem
+
+    @property
+    def session_token_lifetime(self) -> float:
+        """Seconds a session token is valid (default 60, as Clerk's). Settable;
+        ``exp`` is a whole second, rounded up."""
+        return self._session_token_lifetime
+
+    @session_token_lifetime.setter
+    def session_token_lifetime(self, seconds: float) -> None:
+        self._session_token_lifetime = _lifetime(seconds)
+
+    @property
     def domains(self) -> tuple[str, ...]:
         """Extra instance domains (loopback hosts are always instance domains)."""
         return self._domains
@@ -256,10 +305,12 @@ class ClerkEmulator:
         return user.user_id
 
     def delete_user(self, user_id: str) -> None:
-        """Delete a user; its tasks stay, and now answer ``agent_task_subject_not_found``."""
+        """Delete a user; its tasks stay, and now answer ``agent_task_subject_not_found``;
+        its active sessions are revoked."""
         with self._state.lock:
             if self._state.users.pop(user_id, None) is None:
                 raise KeyError(user_id)
+            self._sessions.revoke_all_of(user_id)
 
     @property
     def users(self) -> list[EmulatedUser]:
@@ -290,6 +341,23 @@ class ClerkEmulator:
         return [task for task in self.tasks if task.status == "pending"]
 
     @property
+    def sessions(self) -> list[EmulatedSession]:
+        """Snapshots of every session, oldest first (a session past its
+        ``expire_at`` shows as ``"expired"``)."""
+        return self._state.all_sessions()
+
+    def session(self, session_id: str) -> EmulatedSession:
+        """A snapshot of one session (``KeyError`` if there is none with this id)."""
+        session = self._state.session(session_id)
+        if session is None:
+            raise KeyError(session_id)
+        return session
+
+    def active_sessions(self) -> list[EmulatedSession]:
+        """The sessions neither revoked nor expired, oldest first."""
+        return [session for session in self.sessions if session.status == "active"]
+
+    @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received since the start or the last :meth:`reset`."""
         with self._state.lock:
@@ -308,10 +376,11 @@ class ClerkEmulator:
         )
 
     def reset(self) -> None:
-        """Forget tasks, requests, faults, rate-limit counts and handler errors;
-        users and agent ids stay."""
+        """Forget tasks, sessions, requests, faults, rate-limit counts and handler
+        errors; users, agent ids and the signing key stay."""
         with self._state.lock:
             self._state.tasks.clear()
+            self._state.sessions.clear()
             self._state.requests.clear()
             self._faults.clear()
             self._errors.clear()
@@ -449,15 +518,28 @@ class ClerkEmulator:
             return error_response(ApiError(500, [status_error(500)]))
 
     def _on_ticket_consumed(self, task: EmulatedTask) -> TicketConsumption:
-        """What the redirect of a consumed ticket carries (the seam for sessions).
+        """What the redirect of a consumed ticket carries: a new session for the
+        task's user, handed to the app as the development handshake.
 
-        For now the handshake is a placeholder token (no session exists yet),
-        plus a dev-browser token and a ``__client`` cookie on the FAPI host.
+        The handshake JWT's ``handshake`` claim holds the cookies the app's Clerk
+        middleware sets on its own host (no ``Domain``): ``__session`` (the
+        session token; not HttpOnly, as clerk-js refreshes it), ``__client_uat``
+        and ``__clerk_db_jwt``. ``__client`` stays on the Frontend API host.
         """
-        signer = self._state.signer
-        handshake = signer.sign({"handshake": [], "sub": task.user_id})
-        dev_browser = signer.sign({"id": new_id("dvb")})
-        client = signer.sign({"id": new_id("client")})
+        session = self._sessions.open_for_task(task)
+        now = time.time()
+        token = self._sessions.session_token(session, now=now)
+        hmac_signer = self._state.signer
+        dev_browser = hmac_signer.sign({"id": new_id("dvb")})
+        client = hmac_signer.sign({"id": session.client_id})
+        handshake = self._sessions.handshake(
+            [
+                f"__session={token}; Path=/; SameSite=Lax",
+                f"__client_uat={int(now)}; Path=/; SameSite=Lax",
+                f"__clerk_db_jwt={dev_browser}; Path=/; SameSite=Lax",
+            ],
+            now=now,
+        )
         # Browsers drop `SameSite=None` without `Secure`, and Chromium and Firefox
         # accept `Secure` cookies from http://localhost and 127.0.0.1 (trustworthy
         # origins), so `Secure` is set as Clerk does. Python's cookie jar stores
@@ -487,6 +569,14 @@ def _seconds(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.3f}".rstrip("0")
+
+
+def _lifetime(seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError("session_token_lifetime must be a number of seconds")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"session_token_lifetime must be positive, not {seconds!r}")
+    return float(seconds)
 
 
 def _normalize_domain(domain: str) -> str:

@@ -1,10 +1,10 @@
-"""What the emulator knows: users, agent tasks, the request log. Snapshots are frozen."""
+"""What the emulator knows: users, agent tasks, sessions, the request log. Snapshots are frozen."""
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ._ids import new_id
@@ -12,14 +12,20 @@ from ._tokens import TokenSigner
 
 __all__ = [
     "API",
+    "EmulatedSession",
     "EmulatedTask",
     "EmulatedUser",
     "InstanceState",
     "RecordedRequest",
+    "SessionStatus",
     "TaskStatus",
 ]
 
 TaskStatus = Literal["pending", "consumed", "revoked"]
+# The statuses of Clerk's Session object; the emulator uses active, revoked and expired.
+SessionStatus = Literal[
+    "active", "revoked", "ended", "expired", "removed", "abandoned", "replaced", "pending"
+]
 API = Literal["backend", "frontend"]
 
 
@@ -64,6 +70,44 @@ class EmulatedTask:
 
 
 @dataclass(frozen=True)
+class EmulatedSession:
+    """A snapshot of one Clerk session, as of the moment it was taken.
+
+    An active session whose ``expire_at`` has passed is reported ``"expired"``.
+    Times are unix seconds (floats); the Backend API renders them in
+    milliseconds, as Clerk does. ``actor`` is the agent for a session that an
+    agent task created: ``{"type": "agent", "sub": agent_id, "task_id": ...}``.
+    ``authorized_party`` is the origin its session tokens carry as ``azp``.
+    """
+
+    session_id: str
+    user_id: str
+    client_id: str
+    status: SessionStatus
+    actor: dict[str, str] | None = field(default=None, hash=False)
+    agent_task_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+    expire_at: float = 0.0
+    revoked_at: float | None = None
+    authorized_party: str | None = None
+
+    @property
+    def updated_at(self) -> float:
+        """When the session last changed."""
+        return self.revoked_at if self.revoked_at is not None else self.created_at
+
+    def observed_at(self, now: float) -> EmulatedSession:
+        """This session as seen at ``now``: an active one past ``expire_at`` is expired."""
+        if self.status == "active" and now >= self.expire_at:
+            return replace(self, status="expired", actor=_copy(self.actor))
+        return replace(self, actor=_copy(self.actor))
+
+
+def _copy(actor: dict[str, str] | None) -> dict[str, str] | None:
+    return dict(actor) if actor is not None else None
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     """One request the emulator received. ``path`` never has the query string.
 
@@ -87,6 +131,7 @@ class InstanceState:
         self.lock = threading.RLock()
         self.users: dict[str, EmulatedUser] = {}
         self.tasks: dict[str, EmulatedTask] = {}
+        self.sessions: dict[str, EmulatedSession] = {}  # oldest first
         self.agents: dict[str, str] = {}  # agent_name -> agent_id, stable per instance
         self.requests: list[RecordedRequest] = []
         self.signer = TokenSigner()
@@ -100,3 +145,16 @@ class InstanceState:
     def find_user(self, identifier: str) -> EmulatedUser | None:
         with self.lock:
             return next((u for u in self.users.values() if u.matches(identifier)), None)
+
+    def session(self, session_id: str, now: float | None = None) -> EmulatedSession | None:
+        """A snapshot of one session as seen at ``now`` (default: the current time)."""
+        with self.lock:
+            session = self.sessions.get(session_id)
+        return session.observed_at(time.time() if now is None else now) if session else None
+
+    def all_sessions(self, now: float | None = None) -> list[EmulatedSession]:
+        """Snapshots of every session, oldest first."""
+        with self.lock:
+            sessions = list(self.sessions.values())
+        at = time.time() if now is None else now
+        return [session.observed_at(at) for session in sessions]

@@ -1,8 +1,9 @@
 """Opaque JWT-shaped tokens signed with HMAC-SHA256 under a per-instance secret.
 
-Tickets, dev-browser tokens and the placeholder handshake use this shape. They
-are unguessable (the payload carries random bytes and the signature needs the
-instance secret) and are checked in constant time.
+Tickets, dev-browser tokens and the ``__client`` cookie use this shape; session
+tokens and handshakes are RS256 (``_signing.py``). They are unguessable (the
+payload carries random bytes and the signature needs the instance secret) and
+are checked in constant time.
 """
 
 from __future__ import annotations
