@@ -12,12 +12,26 @@ _TICKET = re.compile(
     r"((?:\?|&|%3F|%26|\b)(?:ticket|__clerk_ticket)(?:=|%3D))[^&#\s'\"<>]+", re.IGNORECASE
 )
 _SECRET_KEY = re.compile(r"sk_(?:test|live)_[A-Za-z0-9_-]+")
+# What a consumed ticket hands out: the handshake and the dev-browser token in the
+# redirect's query, and the session and client tokens in cookie headers (names may
+# carry a suffix, "__session_Ab12"). A value ends at ";" or "," too (cookie lists).
+_SIGN_IN_TOKENS = re.compile(
+    r"((?:\?|&|%3F|%26|\b)(?:__clerk_handshake|__clerk_db_jwt|__session|__client)"
+    r"(?:_[A-Za-z0-9-]+)?(?:=|%3D))[^&#\s'\"<>;,]+",
+    re.IGNORECASE,
+)
+# Any JWT (session tokens, handshakes, tickets), wherever it appears.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 MASK = "***"
 
 
 def mask_tickets(text: str) -> str:
-    """Return ``text`` with every ``ticket=`` query value and every secret key masked."""
-    return _SECRET_KEY.sub("sk_***", _TICKET.sub(r"\1" + MASK, text))
+    """Return ``text`` with every ``ticket=`` query value and every secret key masked,
+    and every sign-in token too: ``__clerk_handshake``, ``__clerk_db_jwt``,
+    ``__session`` and ``__client`` values, and anything shaped like a JWT."""
+    text = _TICKET.sub(r"\1" + MASK, text)
+    text = _SIGN_IN_TOKENS.sub(r"\1" + MASK, text)
+    return _SECRET_KEY.sub("sk_***", _JWT.sub(MASK, text))
 
 
 class Secret:
