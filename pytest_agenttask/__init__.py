@@ -21,12 +21,15 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .client import AsyncBackendClient, BackendClient
     from .plugin import AgentTaskFactory
+    from .session import AgentSession, AsyncAgentSession
 
 __all__ = [
+    "AgentSession",
     "AgentTask",
     "AgentTaskError",
     "AgentTaskFactory",
     "AgentTaskWarning",
+    "AsyncAgentSession",
     "AsyncBackendClient",
     "BackendClient",
     "ClerkAPIError",
@@ -41,6 +44,8 @@ __all__ = [
 pytest_plugins = ["pytest_agenttask.plugin"]
 
 _LAZY = {
+    "AgentSession": "session",
+    "AsyncAgentSession": "session",
     "AsyncBackendClient": "client",
     "BackendClient": "client",
     "AgentTaskFactory": "plugin",
@@ -48,7 +53,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # The client pulls in httpx: import it only when someone asks for it.
+    # The client and sessions pull in httpx: import it only when someone asks for it.
     if name in _LAZY:
         import importlib
 

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from .errors import AgentTaskError, ClerkAPIError
 
 if TYPE_CHECKING:
+    from .client import BackendClient
     from .models import AgentTask
 
-__all__ = ["CloseOutcome", "TaskLedger", "TaskRecord", "close_task"]
+__all__ = ["CloseOutcome", "Closer", "SessionRecord", "TaskLedger", "TaskRecord", "close_task"]
 
 TaskState = Literal["open", "revoked", "consumed", "gone", "failed"]
+SessionState = Literal["active", "revoked", "failed"]
 CloseOutcome = Literal["revoked", "consumed", "gone"]
 
 
@@ -47,25 +49,53 @@ def close_task(client: _Revoker, agent_task_id: str) -> CloseOutcome:
 
 @dataclass
 class TaskRecord:
-    """One task this run created."""
+    """One task this run created, and whom it signs in (to find its sessions)."""
 
     task: AgentTask
     nodeid: str
+    user_id: str | None = None
+    identifier: str | None = None
     state: TaskState = "open"
+    error: str | None = None
+    # True once the sessions a used task opened are known (and so tracked below).
+    sessions_known: bool = False
+
+
+@dataclass
+class SessionRecord:
+    """One Clerk session a task of this run opened."""
+
+    session_id: str
+    agent_task_id: str
+    nodeid: str
+    state: SessionState = "active"
     error: str | None = None
 
 
 class TaskLedger:
-    """Thread-safe list of the run's tasks and their states."""
+    """Thread-safe record of the run's tasks and sessions and how each ended."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, TaskRecord] = {}
+        self._sessions: dict[str, SessionRecord] = {}
 
-    def add(self, task: AgentTask, nodeid: str) -> TaskRecord:
+    def add(
+        self,
+        task: AgentTask,
+        nodeid: str,
+        *,
+        user_id: str | None = None,
+        identifier: str | None = None,
+    ) -> TaskRecord:
         with self._lock:
-            record = self._records[task.agent_task_id] = TaskRecord(task, nodeid)
+            record = TaskRecord(task, nodeid, user_id=user_id, identifier=identifier)
+            self._records[task.agent_task_id] = record
             return record
+
+    def record(self, agent_task_id: str) -> TaskRecord:
+        with self._lock:
+            return self._records[agent_task_id]
 
     def mark(self, agent_task_id: str, state: TaskState, error: str | None = None) -> None:
         with self._lock:
@@ -73,10 +103,45 @@ class TaskLedger:
             record.state = state
             record.error = error
 
+    def add_session(self, session_id: str, agent_task_id: str) -> SessionRecord:
+        """Record a session the task opened; the task is then known to be used."""
+        with self._lock:
+            task = self._records[agent_task_id]
+            task.state, task.error, task.sessions_known = "consumed", None, True
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = SessionRecord(session_id, agent_task_id, task.nodeid)
+                self._sessions[session_id] = session
+            return session
+
+    def mark_sessions_known(self, agent_task_id: str) -> None:
+        with self._lock:
+            self._records[agent_task_id].sessions_known = True
+
+    def mark_session(self, session_id: str, state: SessionState, error: str | None = None) -> None:
+        with self._lock:
+            session = self._sessions[session_id]
+            session.state = state
+            session.error = error
+
     def records(self, *states: TaskState) -> list[TaskRecord]:
-        """The records in the given states (all when none is given), in creation order."""
+        """The task records in the given states (all when none is given), in creation order."""
         with self._lock:
             return [r for r in self._records.values() if not states or r.state in states]
+
+    def sessions(self, *states: SessionState) -> list[SessionRecord]:
+        """The session records in the given states (all when none is given)."""
+        with self._lock:
+            return [s for s in self._sessions.values() if not states or s.state in states]
+
+    def unresolved(self) -> list[TaskRecord]:
+        """Tasks still to close: pending ones, and used ones whose sessions are unknown."""
+        with self._lock:
+            return [
+                r
+                for r in self._records.values()
+                if r.state in ("open", "failed") or (r.state == "consumed" and not r.sessions_known)
+            ]
 
     def counts(self) -> Counter[str]:
         with self._lock:
@@ -85,6 +150,68 @@ class TaskLedger:
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
+
+
+class Closer:
+    """Closes what a run opened, keeping the ledger up to date.
+
+    Each method returns a one-line problem, or None when all is closed.
+    """
+
+    def __init__(self, backend: BackendClient, ledger: TaskLedger) -> None:
+        self._backend = backend
+        self._ledger = ledger
+
+    def close_task(self, record: TaskRecord) -> str | None:
+        """Revoke a pending task; for a used one, find and revoke its sessions."""
+        task_id = record.task.agent_task_id
+        if record.state in ("open", "failed"):
+            try:
+                outcome = close_task(self._backend, task_id)
+            except AgentTaskError as error:
+                self._ledger.mark(task_id, "failed", describe_error(error))
+                return f"could not revoke Agent Task {task_id}: {describe_error(error)}"
+            self._ledger.mark(task_id, outcome)
+        if record.state != "consumed" or record.sessions_known:
+            return None
+        # The test used the URL itself: the task is spent, but the session it
+        # opened is active until it expires. Find it by its actor and close it.
+        from .session import find_task_sessions
+
+        try:
+            session_ids = find_task_sessions(
+                self._backend, task_id, user_id=record.user_id, identifier=record.identifier
+            )
+        except AgentTaskError as error:
+            self._ledger.mark(task_id, "consumed", describe_error(error))
+            return (
+                f"could not find the sessions of used Agent Task {task_id}: {describe_error(error)}"
+            )
+        problems = [
+            self.close_session(self._ledger.add_session(sid, task_id)) for sid in session_ids
+        ]
+        self._ledger.mark_sessions_known(task_id)
+        return "; ".join(p for p in problems if p) or None
+
+    def close_session(self, session: SessionRecord) -> str | None:
+        if session.state == "revoked":
+            return None
+        from .session import revoke_session
+
+        try:
+            revoke_session(self._backend, session.session_id)
+        except AgentTaskError as error:
+            self._ledger.mark_session(session.session_id, "failed", describe_error(error))
+            return f"could not revoke session {session.session_id}: {describe_error(error)}"
+        self._ledger.mark_session(session.session_id, "revoked")
+        return None
+
+    def sweep(self) -> None:
+        """Close whatever is still open: what a teardown failed to close or never reached."""
+        for record in self._ledger.unresolved():
+            self.close_task(record)
+        for session in self._ledger.sessions("active", "failed"):
+            self.close_session(session)
 
 
 def describe_error(error: BaseException) -> str:

@@ -17,13 +17,16 @@ import pytest
 from . import hookspecs
 from ._redact import Secret, mask_tickets
 from .errors import AgentTaskError, ConfigurationError
-from .ledger import TaskLedger, close_task, describe_error
+from .ledger import Closer, TaskLedger
 from .models import AgentTask, TaskURL
 from .settings import MARKER_KEYWORDS, Settings, load_settings, parse_marker_value, register_options
 
 if TYPE_CHECKING:
+    import httpx
+
     from .client import BackendClient
     from .emulator import ClerkEmulator
+    from .session import AgentSession, AsyncAgentSession, SignIn
 
 __all__ = ["AgentTaskFactory"]
 
@@ -48,6 +51,7 @@ class _Run:
         self._lock = threading.Lock()
         self._emulator: ClerkEmulator | None = None
         self._client: BackendClient | None = None
+        self._frontend: httpx.Client | None = None
         self._resolved: Settings | None = None
 
     def emulator(self) -> ClerkEmulator:
@@ -108,25 +112,33 @@ class _Run:
     def emulator_started(self) -> ClerkEmulator | None:
         return self._emulator
 
+    def frontend_http(self) -> httpx.Client:
+        """One pooled client for visiting task URLs (the Frontend API), kept cookie-free."""
+        with self._lock:
+            if self._frontend is None:
+                import httpx
+
+                self._frontend = httpx.Client(timeout=self.settings.timeout)
+            return self._frontend
+
+    def closer(self) -> Closer | None:
+        return None if self._client is None else Closer(self._client, self.ledger)
+
     def sweep(self) -> None:
-        """Close every task still open: those whose teardown failed or never ran."""
-        leftovers = self.ledger.records("open", "failed")
-        if not leftovers or self._client is None:
-            return
-        for record in leftovers:
-            try:
-                outcome = close_task(self._client, record.task.agent_task_id)
-            except AgentTaskError as error:
-                self.ledger.mark(record.task.agent_task_id, "failed", describe_error(error))
-            else:
-                self.ledger.mark(record.task.agent_task_id, outcome)
+        """Close whatever is still open: what a teardown failed to close or never reached."""
+        closer = self.closer()
+        if closer is not None:
+            closer.sweep()
 
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            frontend, self._frontend = self._frontend, None
             emulator, self._emulator = self._emulator, None
         if client is not None:
             client.close()
+        if frontend is not None:
+            frontend.close()
         if emulator is not None:
             emulator.stop()
 
@@ -211,24 +223,23 @@ class AgentTaskFactory:
             identifier=identifier,
             session_max_duration_in_seconds=params["session_max_duration"],
         )
-        self._run.ledger.add(task, node.nodeid)
+        self._run.ledger.add(task, node.nodeid, user_id=user_id, identifier=identifier)
         self.tasks.append(task)
         self._request.config.hook.pytest_agenttask_created(request=self._request, task=task)
         return task
 
     def close(self) -> list[str]:
-        """Close every task made; return one problem line per task left open."""
+        """Close every task made (and the sessions of those a test used itself);
+        return one problem line per thing left open."""
+        closer = Closer(self._client, self._run.ledger)
         problems = []
         for task in self.tasks:
-            try:
-                outcome = close_task(self._client, task.agent_task_id)
-            except AgentTaskError as error:
-                reason = describe_error(error)
-                self._run.ledger.mark(task.agent_task_id, "failed", reason)
-                problems.append(f"could not revoke Agent Task {task.agent_task_id}: {reason}")
-                continue
-            self._run.ledger.mark(task.agent_task_id, outcome)
-            if outcome == "revoked":
+            record = self._run.ledger.record(task.agent_task_id)
+            was_pending = record.state == "open"
+            problem = closer.close_task(record)
+            if problem:
+                problems.append(problem)
+            elif was_pending and record.state == "revoked":
                 self._request.config.hook.pytest_agenttask_revoked(request=self._request, task=task)
         return problems
 
@@ -363,25 +374,48 @@ def pytest_terminal_summary(
     run = config.stash.get(_RUN, None)
     if run is None or not len(run.ledger):
         return
-    counts = run.ledger.counts()
-    left_open = run.ledger.records("open", "failed")
-    parts = [f"{len(run.ledger)} Agent Task(s) created", f"{counts['revoked']} revoked"]
+    lines = summary_lines(run)
+    terminalreporter.write_sep("-", "agenttask")
+    left_open = len(lines) > 1
+    for line in lines:
+        terminalreporter.write_line(line, red=left_open)
+
+
+def summary_lines(run: _Run) -> list[str]:
+    """What the plugin did in this run: a count line, then one line per thing left open."""
+    ledger = run.ledger
+    counts = ledger.counts()
+    sessions = ledger.sessions()
+    unresolved = ledger.unresolved()
+    open_sessions = ledger.sessions("active", "failed")
+    text = f"agenttask: {len(ledger)} Agent Task(s) created: {counts['revoked']} revoked"
     if counts["consumed"]:
-        parts.append(f"{counts['consumed']} already used (task closed, its session still active)")
+        text += f", {counts['consumed']} used to sign in"
     if counts["gone"]:
-        parts.append(f"{counts['gone']} already gone")
-    parts.append(f"{len(left_open)} left open")
+        text += f", {counts['gone']} already gone"
+    if sessions:
+        revoked = len(sessions) - len(open_sessions)
+        text += f"; {revoked} of {len(sessions)} session(s) revoked"
+    text += f"; {len(unresolved) + len(open_sessions)} left open"
     emulator = run.emulator_started
     if emulator is not None:
-        parts.append(f"emulator: {len(emulator.pending_tasks())} pending")
-    terminalreporter.write_sep("-", "agenttask")
-    terminalreporter.write_line("agenttask: " + ", ".join(parts), red=bool(left_open))
-    for record in left_open:
-        terminalreporter.write_line(
-            f"  left open: {record.task.agent_task_id} ({record.nodeid}): "
-            f"{record.error or 'never closed'}",
-            red=True,
+        text += (
+            f"; emulator: {len(emulator.pending_tasks())} pending task(s), "
+            f"{len(emulator.active_sessions())} active session(s)"
         )
+    lines = [text]
+    for record in unresolved:
+        what = "Agent Task" if record.state != "consumed" else "sessions of used Agent Task"
+        lines.append(
+            f"  left open: {what} {record.task.agent_task_id} ({record.nodeid}): "
+            f"{record.error or 'never closed'}"
+        )
+    for session in open_sessions:
+        lines.append(
+            f"  left open: session {session.session_id} of {session.agent_task_id} "
+            f"({session.nodeid}): {session.error or 'never closed'}"
+        )
+    return lines
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -460,3 +494,155 @@ def _created(factory: Callable[[], AgentTask], fixture: str) -> AgentTask:
         return factory()
     except AgentTaskError as error:
         _fail(f"{fixture}: {error}")
+
+
+def _signed_in(request: pytest.FixtureRequest, factory: AgentTaskFactory, fixture: str) -> SignIn:
+    """Create a task and visit its URL as a browser would: one Frontend API request."""
+    __tracebackhide__ = True
+    from .session import sign_in
+
+    task = _created(factory, fixture)
+    run = _run(request.config)
+    try:
+        signed = sign_in(task, http=run.frontend_http())
+    except AgentTaskError as error:
+        _fail(f"{fixture}: {error}")
+    run.ledger.add_session(signed.session_id, task.agent_task_id)
+    return signed
+
+
+def _end_session(request: pytest.FixtureRequest, session: AgentSession | AsyncAgentSession) -> None:
+    __tracebackhide__ = True
+    ledger = _run(request.config).ledger
+    try:
+        session.close()
+    except AgentTaskError as error:
+        ledger.mark_session(session.session_id, "failed", str(error))
+        _fail(
+            f"could not revoke session {session.session_id}: {error} "
+            "(retried once more at the end of the run)"
+        )
+    ledger.mark_session(session.session_id, "revoked")
+
+
+@pytest.fixture
+def agent_session(
+    request: pytest.FixtureRequest,
+    agent_task_factory: AgentTaskFactory,
+    agenttask_client: BackendClient,
+) -> Generator[AgentSession, None, None]:
+    """A signed-in session: ``.client`` (an ``httpx.Client`` on the app's origin that
+    keeps the session's token fresh), ``.task``, ``.session_id``, ``.user_id``, ``.token()``.
+    The session is revoked at teardown."""
+    from .session import AgentSession
+
+    signed = _signed_in(request, agent_task_factory, "agent_session")
+    session = AgentSession(agent_task_factory.tasks[-1], signed, agenttask_client)
+    yield session
+    _end_session(request, session)
+
+
+@pytest.fixture
+def async_agent_session(
+    request: pytest.FixtureRequest,
+    agent_task_factory: AgentTaskFactory,
+    agenttask_client: BackendClient,
+) -> Generator[AsyncAgentSession, None, None]:
+    """``agent_session`` over ``httpx.AsyncClient`` (``await session.token()``).
+
+    A plain fixture, so it serves tests run by pytest-asyncio (strict or auto
+    mode), by anyio's plugin, or by ``asyncio.run`` alike."""
+    from .session import AsyncAgentSession
+
+    signed = _signed_in(request, agent_task_factory, "async_agent_session")
+    session = AsyncAgentSession(agent_task_factory.tasks[-1], signed, agenttask_client)
+    yield session
+    _end_session(request, session)
+
+
+@pytest.fixture
+def agent_page(
+    request: pytest.FixtureRequest,
+    agent_task_factory: AgentTaskFactory,
+    agenttask_client: BackendClient,
+) -> Generator[Any, None, None]:
+    """A Playwright page (pytest-playwright's ``page``) that visited the task URL
+    and landed on the redirect URL signed in; the session is revoked at teardown."""
+    try:
+        page = request.getfixturevalue("page")
+    except pytest.FixtureLookupError:
+        _fail(
+            "agent_page needs pytest-playwright: pip install pytest-playwright "
+            "(or pytest-agenttask[browser]) and a browser for it to drive"
+        )
+    task = _created(agent_task_factory, "agent_page")
+    ledger = _run(request.config).ledger
+    signed = _browser_sign_in(
+        page, task, lambda s: ledger.add_session(s.session_id, task.agent_task_id)
+    )
+    yield page
+    from .session import revoke_session
+
+    try:
+        revoke_session(agenttask_client, signed.session_id)
+    except AgentTaskError as error:
+        ledger.mark_session(signed.session_id, "failed", str(error))
+        _fail(
+            f"could not revoke session {signed.session_id}: {error} "
+            "(retried once more at the end of the run)"
+        )
+    ledger.mark_session(signed.session_id, "revoked")
+
+
+def _browser_sign_in(page: Any, task: AgentTask, on_signed: Callable[[SignIn], object]) -> SignIn:
+    """Visit the task URL in the page and resolve the development handshake of its
+    redirect as Clerk's middleware would: cookies for the app, then a clean URL.
+
+    Playwright does not route the requests of a redirect chain, so the task URL
+    itself is routed: fetched as it is, and answered with the middleware's
+    redirect. The browser keeps the cookies both hosts set, as after a real visit.
+    """
+    __tracebackhide__ = True
+    from .session import sign_in_from_redirect
+
+    assert task.url is not None
+    url = str(task.url)
+    signed: list[SignIn] = []
+    problems: list[str] = []
+
+    def visit(route: Any) -> None:
+        response = route.fetch(max_redirects=0)
+        try:
+            result = sign_in_from_redirect(
+                response.status, response.headers, response.body(), url=url
+            )
+        except AgentTaskError as error:
+            problems.append(str(error))
+            route.abort()
+            return
+        signed.append(result)
+        on_signed(result)
+        cookies = [(c, result.app_origin) for c in result.cookies]
+        if result.fapi_origin:
+            cookies += [(c, result.fapi_origin) for c in result.fapi_cookies]
+        page.context.add_cookies(
+            [{"name": c.name, "value": c.value, "url": origin} for c, origin in cookies]
+        )
+        route.fulfill(
+            status=307, headers={"Location": result.landing_url, "Cache-Control": "no-store"}
+        )
+
+    def is_task_url(candidate: str) -> bool:
+        return candidate == url
+
+    page.route(is_task_url, visit)
+    try:
+        page.goto(url)
+    except Exception as error:  # Playwright's errors quote the URL, ticket included
+        if not problems:
+            problems.append(f"{type(error).__name__}: {mask_tickets(str(error)).splitlines()[0]}")
+    finally:
+        page.unroute(is_task_url, visit)
+    if problems or not signed:
+        _fail(f"agent_page: {'; '.join(problems) or 'the task URL was never visited'}")
+    return signed[0]

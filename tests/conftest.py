@@ -3,6 +3,8 @@ helpers to run an inner pytest that enables the plugin with ``-p``."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -57,5 +59,52 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     # runs load it with -p, so pytest cannot rewrite its asserts and warns.
     # Users never see that (-p is their first import of the plugin). Set here,
     # after Pytester has cleared PYTEST_ADDOPTS for its runs.
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-W ignore::pytest.PytestAssertRewriteWarning")
+    # pytest-asyncio and pytest-playwright are installed for the tests that need
+    # them; every other inner run leaves them out, as most users' suites would.
+    monkeypatch.setenv(
+        "PYTEST_ADDOPTS",
+        "-W ignore::pytest.PytestAssertRewriteWarning -p no:asyncio -p no:playwright",
+    )
     return pytester
+
+
+@pytest.fixture
+def app_url(_shared_emulator: ClerkEmulator) -> Iterator[str]:
+    """A web app protected by the official SDK, trusting the emulator's key."""
+    from .protected_app import serve_protected_app
+
+    with serve_protected_app(_shared_emulator.jwt_key) as url:
+        yield url
+
+
+@pytest.fixture
+def session_args(clerk_args: list[str], app_url: str) -> list[str]:
+    """``clerk_args`` with the redirect URL on the protected app."""
+    return [*clerk_args, f"--agenttask-redirect-url={app_url}/dashboard?tab=home"]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+BROWSER_CONFTEST = f"""
+import pytest
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    # Debian's chromium, not a browser downloaded by Playwright (none can be here).
+    return {{
+        **browser_type_launch_args,
+        "executable_path": {CHROMIUM!r},
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"],
+    }}
+"""
+
+
+@pytest.fixture
+def browser_conftest(pytester: pytest.Pytester) -> None:
+    """An inner conftest that points pytest-playwright at the system's Chromium."""
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("no chromium on this machine: apt-get install chromium")
+    pytester.makeconftest(BROWSER_CONFTEST)

@@ -39,7 +39,7 @@ def test_agent_task_and_url(
     assert task.agent_name == "pytest-agenttask"
     assert task.task_description == "test_agent_task_and_url.py::test_task"
     assert task.session_max_duration_in_seconds == 1800
-    result.stdout.fnmatch_lines(["agenttask: 1 Agent Task(s) created, 1 revoked, 0 left open"])
+    result.stdout.fnmatch_lines(["agenttask: 1 Agent Task(s) created: 1 revoked; 0 left open"])
 
 
 def test_factory_makes_several_tasks_for_different_users(
@@ -334,7 +334,7 @@ def test_used_task_is_not_a_failure(
     assert statuses(emulator) == ["consumed"]
     result.stdout.fnmatch_lines(
         [
-            "agenttask: 1 Agent Task(s) created, 0 revoked, 1 already used (task closed, its session still active), 0 left open"
+            "agenttask: 1 Agent Task(s) created: 0 revoked, 1 used to sign in; 1 of 1 session(s) revoked; 0 left open"
         ]
     )
 
@@ -351,7 +351,7 @@ def test_revoke_failure_is_a_teardown_error_then_swept_at_session_end(
     result.stdout.fnmatch_lines(
         [
             f"*could not revoke Agent Task {task.agent_task_id}: *500 internal_clerk_error*retried once more at the end of the run*",
-            "agenttask: 1 Agent Task(s) created, 1 revoked, 0 left open",
+            "agenttask: 1 Agent Task(s) created: 1 revoked; 0 left open",
         ]
     )
     assert task.status == "revoked"
@@ -369,8 +369,8 @@ def test_what_stays_open_is_listed(
     [task] = emulator.tasks
     result.stdout.fnmatch_lines(
         [
-            "agenttask: 1 Agent Task(s) created, 0 revoked, 1 left open",
-            f"  left open: {task.agent_task_id} (test_what_stays_open_is_listed.py::test_one): *503*",
+            "agenttask: 1 Agent Task(s) created: 0 revoked; 1 left open",
+            f"  left open: Agent Task {task.agent_task_id} (test_what_stays_open_is_listed.py::test_one): *503*",
         ]
     )
     emulator.clear_faults()
@@ -434,7 +434,7 @@ def test_embedded_emulator_needs_no_configuration(pytester: pytest.Pytester) -> 
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
         [
-            "agenttask: 2 Agent Task(s) created, 1 revoked, 1 already used*, 0 left open, emulator: 0 pending"
+            "agenttask: 2 Agent Task(s) created: 1 revoked, 1 used to sign in; 1 of 1 session(s) revoked; 0 left open; emulator: 0 pending task(s), 0 active session(s)"
         ]
     )
 
@@ -444,7 +444,7 @@ def test_emulator_from_the_ini_file(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_task(agent_task): pass")
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*emulator: 0 pending"])
+    result.stdout.fnmatch_lines(["*emulator: 0 pending task(s), 0 active session(s)"])
 
 
 def test_clerk_emulator_without_the_flag_says_what_to_do(pytester: pytest.Pytester) -> None:
