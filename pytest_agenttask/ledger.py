@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import AgentTaskError, ClerkAPIError
 
@@ -75,10 +76,17 @@ class SessionRecord:
 class TaskLedger:
     """Thread-safe record of the run's tasks and sessions and how each ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[TaskLedger], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, TaskRecord] = {}
         self._sessions: dict[str, SessionRecord] = {}
+        # Called (outside the lock) after every change, e.g. to keep a record
+        # on disk that survives a killed run.
+        self.on_change = on_change
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     def add(
         self,
@@ -91,7 +99,8 @@ class TaskLedger:
         with self._lock:
             record = TaskRecord(task, nodeid, user_id=user_id, identifier=identifier)
             self._records[task.agent_task_id] = record
-            return record
+        self._changed()
+        return record
 
     def record(self, agent_task_id: str) -> TaskRecord:
         with self._lock:
@@ -102,6 +111,7 @@ class TaskLedger:
             record = self._records[agent_task_id]
             record.state = state
             record.error = error
+        self._changed()
 
     def add_session(self, session_id: str, agent_task_id: str) -> SessionRecord:
         """Record a session the task opened; the task is then known to be used."""
@@ -112,17 +122,20 @@ class TaskLedger:
             if session is None:
                 session = SessionRecord(session_id, agent_task_id, task.nodeid)
                 self._sessions[session_id] = session
-            return session
+        self._changed()
+        return session
 
     def mark_sessions_known(self, agent_task_id: str) -> None:
         with self._lock:
             self._records[agent_task_id].sessions_known = True
+        self._changed()
 
     def mark_session(self, session_id: str, state: SessionState, error: str | None = None) -> None:
         with self._lock:
             session = self._sessions[session_id]
             session.state = state
             session.error = error
+        self._changed()
 
     def records(self, *states: TaskState) -> list[TaskRecord]:
         """The task records in the given states (all when none is given), in creation order."""
@@ -142,6 +155,43 @@ class TaskLedger:
                 for r in self._records.values()
                 if r.state in ("open", "failed") or (r.state == "consumed" and not r.sessions_known)
             ]
+
+    def open_snapshot(self) -> dict[str, list[dict[str, str | None]]]:
+        """What is still open, as plain JSON data (ids only: no URL, no ticket)."""
+        with self._lock:
+            tasks = [
+                {
+                    "agent_task_id": r.task.agent_task_id,
+                    "agent_id": r.task.agent_id,
+                    "user_id": r.user_id,
+                    "identifier": r.identifier,
+                    "state": r.state,
+                }
+                for r in self._records.values()
+                if r.state in ("open", "failed") or (r.state == "consumed" and not r.sessions_known)
+            ]
+            sessions: list[dict[str, str | None]] = [
+                {"session_id": s.session_id, "agent_task_id": s.agent_task_id}
+                for s in self._sessions.values()
+                if s.state != "revoked"
+            ]
+        return {"tasks": tasks, "sessions": sessions}
+
+    def restore(self, snapshot: Mapping[str, Any], nodeid: str) -> None:
+        """Take over what an earlier run's :meth:`open_snapshot` listed."""
+        from .models import AgentTask
+
+        for item in snapshot.get("tasks", []):
+            task_id, agent_id = str(item["agent_task_id"]), str(item.get("agent_id") or "")
+            task = AgentTask(agent_id=agent_id, agent_task_id=task_id)
+            self.add(task, nodeid, user_id=item.get("user_id"), identifier=item.get("identifier"))
+            if item.get("state") == "consumed":
+                self.mark(task.agent_task_id, "consumed")
+        for item in snapshot.get("sessions", []):
+            task_id = str(item["agent_task_id"])
+            if task_id not in self._records:
+                self.add(AgentTask(agent_id="", agent_task_id=task_id), nodeid)
+            self.add_session(str(item["session_id"]), task_id)
 
     def counts(self) -> Counter[str]:
         with self._lock:

@@ -8,6 +8,8 @@ lives in :mod:`pytest_agenttask.client`; this module only wires it to pytest.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import threading
 from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from . import hookspecs
+from ._leftovers import LeftoverFiles, instance_fingerprint
 from ._redact import Secret, mask_tickets
 from .errors import AgentTaskError, ConfigurationError
 from .ledger import Closer, TaskLedger
@@ -22,6 +25,8 @@ from .models import AgentTask, TaskURL
 from .settings import MARKER_KEYWORDS, Settings, load_settings, parse_marker_value, register_options
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from .client import BackendClient
@@ -45,9 +50,17 @@ class _Run:
     """What one pytest run owns: settings, the task ledger, and the lazily made
     emulator and client. Nothing here touches the network until a fixture asks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, leftovers_dir: Path | None = None) -> None:
         self.settings = settings
         self.ledger = TaskLedger()
+        self.recovered = TaskLedger()
+        self._leftovers: LeftoverFiles | None = None
+        if leftovers_dir is not None and not settings.emulator and settings.secret_key:
+            # An emulator dies with its run, so only a real Clerk needs the record.
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            fingerprint = instance_fingerprint(settings.api_url, settings.secret_key.reveal())
+            self._leftovers = LeftoverFiles(leftovers_dir, worker, fingerprint)
+            self.ledger.on_change = self._record
         self._lock = threading.Lock()
         self._emulator: ClerkEmulator | None = None
         self._client: BackendClient | None = None
@@ -111,6 +124,23 @@ class _Run:
     @property
     def emulator_started(self) -> ClerkEmulator | None:
         return self._emulator
+
+    def _record(self, ledger: TaskLedger) -> None:
+        if self._leftovers is not None:
+            self._leftovers.write(ledger.open_snapshot())
+
+    def close_leftovers(self) -> None:
+        """Close what killed earlier runs against this Clerk instance left open."""
+        if self._leftovers is None:
+            return
+        records = self._leftovers.take_all()
+        if not records:
+            return
+        for record in records:
+            self.recovered.restore(record, "(left open by an earlier run)")
+        client = self.client()
+        if client is not None:
+            Closer(client, self.recovered).sweep()
 
     def frontend_http(self) -> httpx.Client:
         """One pooled client for visiting task URLs (the Frontend API), kept cookie-free."""
@@ -329,13 +359,55 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+@pytest.hookimpl(trylast=True)  # after the cache provider has set config.cache
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_HELP)
-    config.stash[_RUN] = _Run(load_settings(config))
+    cache = getattr(config, "cache", None)
+    leftovers = cache.mkdir("agenttask-open") if cache is not None else None
+    config.stash[_RUN] = _Run(load_settings(config), leftovers)
+    _stop_on_sigterm(config)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"agenttask: {_run(config).settings.target}"
+def _stop_on_sigterm(config: pytest.Config) -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so a terminated run still tears down
+    (and closes what it opened) as after Ctrl-C. A handler of the user's stays."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"pytest-agenttask: received signal {signum} (SIGTERM)")
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(restore)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the terminal prints the report header
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        session.config.stash[_RUN].close_leftovers()
+
+
+def _recovered_line(run: _Run) -> str | None:
+    recovered = run.recovered
+    if not len(recovered):
+        return None
+    closed = len(recovered) - len(recovered.unresolved())
+    sessions = len(recovered.sessions("revoked"))
+    return (
+        f"agenttask: closed what an earlier, killed run left open: {closed} of "
+        f"{len(recovered)} Agent Task(s), {sessions} session(s)"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    run = _run(config)
+    recovered = _recovered_line(run)
+    return [f"agenttask: {run.settings.target}", *([recovered] if recovered else [])]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -372,11 +444,11 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     run = config.stash.get(_RUN, None)
-    if run is None or not len(run.ledger):
+    if run is None or not (len(run.ledger) or len(run.recovered)):
         return
     lines = summary_lines(run)
     terminalreporter.write_sep("-", "agenttask")
-    left_open = len(lines) > 1
+    left_open = any(line.startswith("  left open:") for line in lines)
     for line in lines:
         terminalreporter.write_line(line, red=left_open)
 
@@ -404,13 +476,16 @@ def summary_lines(run: _Run) -> list[str]:
             f"{len(emulator.active_sessions())} active session(s)"
         )
     lines = [text]
-    for record in unresolved:
+    recovered = _recovered_line(run)
+    if recovered:
+        lines.append(recovered)
+    for record in [*unresolved, *run.recovered.unresolved()]:
         what = "Agent Task" if record.state != "consumed" else "sessions of used Agent Task"
         lines.append(
             f"  left open: {what} {record.task.agent_task_id} ({record.nodeid}): "
             f"{record.error or 'never closed'}"
         )
-    for session in open_sessions:
+    for session in [*open_sessions, *run.recovered.sessions("active", "failed")]:
         lines.append(
             f"  left open: session {session.session_id} of {session.agent_task_id} "
             f"({session.nodeid}): {session.error or 'never closed'}"
