@@ -1,7 +1,8 @@
 """pytest-agenttask: Clerk Agent Task fixtures for pytest, with a loopback Clerk emulator.
 
 Enable it with ``pytest -p pytest_agenttask``. Importing the package opens no
-socket and does not import httpx; the client and the emulator load on first use.
+socket and does not import httpx; the client, the sessions and the emulator load
+on first use.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from .errors import (
     ConfigurationError,
 )
 from .models import AgentTask, TaskURL
+from .plugin import AgentTaskFactory
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .client import AsyncBackendClient, BackendClient
-    from .plugin import AgentTaskFactory
     from .session import AgentSession, AsyncAgentSession
 
 __all__ = [
@@ -39,21 +40,41 @@ __all__ = [
     "TaskURL",
 ]
 
-# `pytest -p pytest_agenttask` registers this module; pytest then loads the
-# hooks and fixtures from the plugin module named here.
-pytest_plugins = ["pytest_agenttask.plugin"]
+# `pytest -p pytest_agenttask` registers this module as the plugin, so its hooks
+# and fixtures are here (and `-p no:pytest_agenttask` turns every one of them off).
+from .plugin import (  # noqa: F401 (found by pytest, not used here)
+    agent_page,
+    agent_session,
+    agent_task,
+    agent_task_factory,
+    agent_task_url,
+    agenttask_client,
+    agenttask_settings,
+    async_agent_session,
+    clerk_emulator,
+    pytest_addhooks,
+    pytest_addoption,
+    pytest_assertrepr_compare,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_report_header,
+    pytest_runtest_setup,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
 
 _LAZY = {
     "AgentSession": "session",
     "AsyncAgentSession": "session",
     "AsyncBackendClient": "client",
     "BackendClient": "client",
-    "AgentTaskFactory": "plugin",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # The client and sessions pull in httpx: import it only when someone asks for it.
+    # The client and sessions pull in httpx: import them only when someone asks.
     if name in _LAZY:
         import importlib
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
-__all__ = ["Secret", "mask_tickets"]
+__all__ = ["Secret", "install_log_filter", "mask_tickets"]
 
 # After "?", "&" (raw or percent-encoded) or a word boundary, so a ticket quoted
 # in an HTML error page ("<p>ticket=...") is masked too.
 _TICKET = re.compile(
     r"((?:\?|&|%3F|%26|\b)(?:ticket|__clerk_ticket)(?:=|%3D))[^&#\s'\"<>]+", re.IGNORECASE
 )
-_SECRET_KEY = re.compile(r"sk_(?:test|live)_[A-Za-z0-9_-]+")
+_SECRET_KEY = re.compile(r"sk_(?:test|live)_[^\s'\"&;,<>]+")
 # What a consumed ticket hands out: the handshake and the dev-browser token in the
 # redirect's query, and the session and client tokens in cookie headers (names may
 # carry a suffix, "__session_Ab12"). A value ends at ";" or "," too (cookie lists).
@@ -61,3 +62,41 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+class _MaskingFilter(logging.Filter):
+    """Masks tickets, handshakes and tokens in the records of httpx and httpcore.
+
+    httpx logs every request URL at INFO (a task URL carries its ticket), and
+    httpcore logs response headers at DEBUG (the redirect's ``Location`` carries
+    the handshake, ``Set-Cookie`` the client token).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record: leave it to logging's own handling
+            return True
+        masked = mask_tickets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_LOGGERS_TO_MASK = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+def install_log_filter() -> None:
+    """Add the masking filter to httpx's and httpcore's loggers, once each."""
+    for name in _LOGGERS_TO_MASK:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _MaskingFilter) for f in logger.filters):
+            logger.addFilter(_MaskingFilter())
+

@@ -721,6 +721,11 @@ class BackendClient:
             else:
                 return outcome.value
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._http.is_closed
+
     def close(self) -> None:
         """Close the pooled connections."""
         self._http.close()

@@ -18,7 +18,7 @@ import pytest
 
 from . import hookspecs
 from ._leftovers import LeftoverFiles, instance_fingerprint
-from ._redact import Secret, mask_tickets
+from ._redact import Secret, install_log_filter, mask_tickets
 from .errors import AgentTaskError, ConfigurationError
 from .ledger import Closer, TaskLedger
 from .models import AgentTask, TaskURL
@@ -106,7 +106,7 @@ class _Run:
         if settings.secret_key is None:
             return None
         with self._lock:
-            if self._client is None:
+            if self._client is None or self._client.closed:  # a test may have closed it
                 from .client import BackendClient
 
                 self._client = BackendClient(
@@ -146,19 +146,21 @@ class _Run:
         """One pooled client for visiting task URLs (the Frontend API), kept cookie-free."""
         with self._lock:
             if self._frontend is None:
+                from urllib.parse import urlsplit
+
                 import httpx
 
-                self._frontend = httpx.Client(timeout=self.settings.timeout)
+                # No proxy from the environment for a loopback Clerk (the emulator).
+                host = urlsplit(self.resolved_settings().api_url).hostname
+                loopback = host in ("127.0.0.1", "localhost", "::1")
+                self._frontend = httpx.Client(timeout=self.settings.timeout, trust_env=not loopback)
             return self._frontend
-
-    def closer(self) -> Closer | None:
-        return None if self._client is None else Closer(self._client, self.ledger)
 
     def sweep(self) -> None:
         """Close whatever is still open: what a teardown failed to close or never reached."""
-        closer = self.closer()
-        if closer is not None:
-            closer.sweep()
+        client = self.client() if self._client is not None else None
+        if client is not None:
+            Closer(client, self.ledger).sweep()
 
     def close(self) -> None:
         with self._lock:
@@ -174,12 +176,17 @@ class _Run:
 
 
 def _run(config: pytest.Config) -> _Run:
-    return config.stash[_RUN]
+    run = config.stash.get(_RUN, None)
+    if run is None:
+        # pytest keeps the fixtures of a plugin a later `-p no:` unregistered.
+        _fail("pytest-agenttask is disabled in this run (-p no:pytest_agenttask)")
+    return run
 
 
 def _fail(message: str) -> NoReturn:
+    """Fail the test with one line; ``from None``, so no chained exception is shown."""
     __tracebackhide__ = True
-    pytest.fail(message, pytrace=False)
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 def _without_internals(error: AgentTaskError) -> AgentTaskError:
@@ -245,7 +252,8 @@ class AgentTaskFactory:
                 f"{node.nodeid}: no redirect URL; set agenttask_redirect_url or pass "
                 "redirect_url=... to the agenttask marker"
             )
-        task = self._client.create(
+        client = self._run.client() or self._client  # a test may have closed the fixture's
+        task = client.create(
             agent_name=params["agent_name"],
             task_description=params["task_description"],
             redirect_url=params["redirect_url"],
@@ -259,19 +267,34 @@ class AgentTaskFactory:
         return task
 
     def close(self) -> list[str]:
-        """Close every task made (and the sessions of those a test used itself);
-        return one problem line per thing left open."""
-        closer = Closer(self._client, self._run.ledger)
-        problems = []
+        """Close every task made, the sessions they opened, and the sessions of those
+        a test used itself; return one problem line per thing left open. The
+        ``pytest_agenttask_revoked`` hooks run after everything is closed."""
+        ledger = self._run.ledger
+        closer = Closer(self._run.client() or self._client, ledger)
+        problems: list[str] = []
+        revoked: list[AgentTask] = []
         for task in self.tasks:
-            record = self._run.ledger.record(task.agent_task_id)
+            record = ledger.record(task.agent_task_id)
             was_pending = record.state == "open"
-            problem = closer.close_task(record)
-            if problem:
-                problems.append(problem)
-            elif was_pending and record.state == "revoked":
-                self._request.config.hook.pytest_agenttask_revoked(request=self._request, task=task)
-        return problems
+            problems.append(closer.close_task(record) or "")
+            if was_pending and record.state == "revoked":
+                revoked.append(task)
+        # A session a fixture opened but could not hand over (its setup failed).
+        mine = {task.agent_task_id for task in self.tasks}
+        for session in ledger.sessions("active", "failed"):
+            if session.agent_task_id in mine:
+                problems.append(closer.close_session(session) or "")
+        hook = self._request.config.hook.pytest_agenttask_revoked
+        errors = []
+        for task in revoked:
+            try:
+                hook(request=self._request, task=task)
+            except Exception as error:  # re-raised below, once every hook has run
+                errors.append(error)
+        if errors:
+            raise errors[0]
+        return [problem for problem in problems if problem]
 
 
 def _validated(values: Mapping[str, Any], where: str, *, complete: bool = False) -> dict[str, Any]:
@@ -364,8 +387,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_HELP)
     cache = getattr(config, "cache", None)
     leftovers = cache.mkdir("agenttask-open") if cache is not None else None
-    config.stash[_RUN] = _Run(load_settings(config), leftovers)
+    settings = load_settings(config)
+    if settings.emulator:
+        _check_emulator_extra()
+    config.stash[_RUN] = _Run(settings, leftovers)
+    install_log_filter()  # httpx logs request URLs: a test's own visit must not show its ticket
     _stop_on_sigterm(config)
+
+
+def _check_emulator_extra() -> None:
+    import importlib.util
+
+    missing = [name for name in ("cryptography", "jwt") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise pytest.UsageError(
+            "pytest-agenttask: agenttask_emulator needs the emulator's extra dependencies "
+            f"({', '.join(missing)} missing): pip install 'pytest-agenttask[emulator]'"
+        )
 
 
 def _stop_on_sigterm(config: pytest.Config) -> None:
@@ -410,6 +448,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"agenttask: {run.settings.target}", *([recovered] if recovered else [])]
 
 
+_MARKER_ERROR = pytest.StashKey[str]()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Check every agenttask marker before any test runs."""
     for item in items:
@@ -417,7 +458,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             for where, kwargs in _marker_layers(item):
                 _validated(kwargs, where)
         except ConfigurationError as error:
-            raise pytest.UsageError(f"pytest-agenttask: {error}") from None
+            if os.environ.get("PYTEST_XDIST_WORKER") is None:
+                raise pytest.UsageError(f"pytest-agenttask: {error}") from None
+            # A pytest-xdist worker cannot stop the run cleanly: fail the test instead.
+            item.stash[_MARKER_ERROR] = f"pytest-agenttask: {error}"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    error = item.stash.get(_MARKER_ERROR, None)
+    if error is not None:
+        _fail(error)
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
@@ -721,3 +771,4 @@ def _browser_sign_in(page: Any, task: AgentTask, on_signed: Callable[[SignIn], o
     if problems or not signed:
         _fail(f"agent_page: {'; '.join(problems) or 'the task URL was never visited'}")
     return signed[0]
+

@@ -47,7 +47,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import httpx
 
-from ._redact import mask_tickets
+from ._redact import install_log_filter, mask_tickets
 from .client import BackendClient, _error_from_response
 from .errors import AgentTaskError, ClerkAPIError, ClerkTransportError, ConfigurationError
 from .models import AgentTask
@@ -121,44 +121,7 @@ class MalformedTokenError(AgentTaskError):
 # --------------------------------------------------------------------------- #
 
 
-class _MaskingFilter(logging.Filter):
-    """Masks tickets, handshakes and tokens in the records of httpx and httpcore.
-
-    httpx logs every request URL at INFO (a task URL carries its ticket), and
-    httpcore logs response headers at DEBUG (the redirect's ``Location`` carries
-    the handshake, ``Set-Cookie`` the client token).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record: leave it to logging's own handling
-            return True
-        masked = mask_tickets(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
-_LOGGERS_TO_MASK = (
-    "httpx",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "httpcore.socks",
-)
-
-
-def _install_log_filter() -> None:
-    """Add the masking filter to httpx's and httpcore's loggers, once each."""
-    for name in _LOGGERS_TO_MASK:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _MaskingFilter) for f in logger.filters):
-            logger.addFilter(_MaskingFilter())
-
-
-_install_log_filter()
+install_log_filter()
 
 
 # --------------------------------------------------------------------------- #

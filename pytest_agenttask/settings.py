@@ -8,6 +8,7 @@ key, the value (never a secret) and where the value came from. The pytest
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import string
@@ -134,6 +135,16 @@ def parse_text(value: str) -> str:
     return value
 
 
+def parse_id(value: str) -> str:
+    """A user id or identifier: non-empty, without spaces (an ini comment left on
+    the line, say, would otherwise become part of it)."""
+    if not value or any(char.isspace() for char in value):
+        raise ValueError(
+            "expected an id or identifier without spaces (comments go on their own line)"
+        )
+    return value
+
+
 def parse_template(value: str) -> str:
     """A ``str.format`` template using only ``{nodeid}``, ``{name}`` and ``{module}``."""
     parse_text(value)
@@ -183,13 +194,13 @@ _OPTIONS = (
         DEFAULT_SECRET_KEY_ENV,
     ),
     _Option(
-        "agenttask_user_id", "Clerk user id the tasks sign in (on_behalf_of.user_id).", parse_text
+        "agenttask_user_id", "Clerk user id the tasks sign in (on_behalf_of.user_id).", parse_id
     ),
     _Option(
         "agenttask_identifier",
         "verified email, phone number or username of the user the "
         "tasks sign in (on_behalf_of.identifier).",
-        parse_text,
+        parse_id,
     ),
     _Option(
         "agenttask_redirect_url",
@@ -273,6 +284,10 @@ def register_options(parser: pytest.Parser) -> None:
                 help=help_text,
             )
         parser.addini(option.key, help=help_text, type="string", default="")
+    # Likewise on the command line, where argparse would echo the unknown argument.
+    group.addoption(
+        "--agenttask-secret-key", dest=_SECRET_KEY_TRAP, default=None, help=argparse.SUPPRESS
+    )
     parser.addini(
         _SECRET_KEY_TRAP,
         help="not supported: the secret key is only read from the "
@@ -311,7 +326,7 @@ class Settings:
         if self.emulator and self.api_url == DEFAULT_API_URL:
             where = "embedded Clerk emulator on 127.0.0.1 (started on first use)"
         elif self.emulator:
-            where = f"embedded Clerk emulator at {self.api_url}"
+            where = f"embedded Clerk emulator at {self.api_url}"  # once it has started
         else:
             where = f"Clerk Backend API {self.api_url}"
         if self.user_id:
@@ -348,7 +363,10 @@ def load_settings(config: pytest.Config, environ: Mapping[str, str] | None = Non
 
     try:
         return resolve_settings(
-            cli={option.key: config.getoption(option.dest) for option in _OPTIONS},
+            cli={
+                **{option.key: config.getoption(option.dest) for option in _OPTIONS},
+                _SECRET_KEY_TRAP: config.getoption(_SECRET_KEY_TRAP),
+            },
             ini={key: str(config.getini(key)) for key in (*_OPTION_BY_KEY, _SECRET_KEY_TRAP)},
             ini_source=_ini_source_namer(config),
             environ=os.environ if environ is None else environ,
@@ -380,6 +398,13 @@ def resolve_settings(
 
     Raises :class:`ConfigurationError` naming the key, value and source.
     """
+    if cli.get(_SECRET_KEY_TRAP) is not None:
+        raise ConfigurationError(
+            "--agenttask-secret-key (from command line): a secret key must not be passed on the "
+            "command line, where shell history and process lists keep it; export it in the "
+            "environment variable named by agenttask_secret_key_env "
+            f"(default {DEFAULT_SECRET_KEY_ENV}) instead"
+        )
     if ini.get(_SECRET_KEY_TRAP, "").strip():
         raise ConfigurationError(
             f"{_SECRET_KEY_TRAP} (from {ini_source(_SECRET_KEY_TRAP)}): a secret key must not be "
@@ -472,6 +497,6 @@ def parse_marker_value(keyword: str, value: object) -> Any:
         raise ValueError(f"expected a string, got {type(value).__name__}")
     if keyword == "redirect_url":
         return parse_http_url(value)
-    if keyword == "task_description":
-        return parse_text(value)
+    if keyword in ("user_id", "identifier"):
+        return parse_id(value)
     return parse_text(value)

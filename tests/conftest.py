@@ -7,9 +7,16 @@ import os
 import shutil
 from collections.abc import Iterator
 
+import httpcore  # noqa: F401 (see below)
 import pytest
 
 from pytest_agenttask.emulator import ClerkEmulator
+
+# Pytester's in-process runs unload the modules first imported during the run.
+# httpx maps httpcore's exceptions through classes it caches on first use; if
+# httpcore were first imported inside an inner run, the next run would raise
+# classes of a re-imported httpcore that httpx no longer recognises. Importing
+# it here, in the outer process, keeps one httpcore for every run.
 
 APP_URL = "http://localhost:8000/after-sign-in"
 

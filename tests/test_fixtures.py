@@ -395,7 +395,10 @@ def test_create_is_retried(
 ) -> None:
     emulator.inject_fault(method="POST", path="/v1/agents/tasks", times=2, **fault)  # type: ignore[arg-type]
     pytester.makepyfile("def test_one(agent_task): pass")
-    pytester.runpytest(*clerk_args).assert_outcomes(passed=1)
+    result = pytester.runpytest(*clerk_args)
+    assert result.parseoutcomes().get("passed") == 1, [
+        (r.method, r.path, r.status, r.fault) for r in emulator.requests
+    ]
     assert statuses(emulator) == ["revoked"]
 
 
@@ -474,3 +477,99 @@ def test_client_fixture_is_shared_by_the_run(
         """
     )
     pytester.runpytest(*clerk_args).assert_outcomes(passed=2)
+
+
+def test_a_failing_revoked_hook_does_not_stop_teardown(
+    pytester: pytest.Pytester, clerk_args: list[str], emulator: ClerkEmulator
+) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_agenttask_revoked(request, task):
+            raise RuntimeError("observer broke")
+        """
+    )
+    pytester.makepyfile(
+        "def test_three(agent_task_factory): agent_task_factory(); agent_task_factory(); agent_task_factory()"
+    )
+    result = pytester.runpytest(*clerk_args)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: observer broke*"])
+    assert statuses(emulator) == ["revoked"] * 3
+
+
+def test_a_session_opened_by_a_failing_setup_is_revoked_in_teardown(
+    pytester: pytest.Pytester, session_args: list[str], emulator: ClerkEmulator
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest_agenttask.session as session
+
+        class Broken(session.AgentSession):
+            def __init__(self, *args, **kwargs):
+                raise RuntimeError("constructor broke after signing in")
+
+        session.AgentSession = Broken
+        """
+    )
+    pytester.makepyfile(
+        "def test_one(agent_session): pass\ndef test_two(clerk_emulator=None): pass"
+    )
+    # In a subprocess: the conftest patches the session module for that run only.
+    result = pytester.runpytest_subprocess(*session_args)
+    result.assert_outcomes(passed=1, errors=1)
+    [session] = emulator.sessions
+    assert session.status == "revoked"
+    assert emulator.pending_tasks() == []
+
+
+def test_setup_errors_are_one_clear_line(pytester: pytest.Pytester, clerk_args: list[str]) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.agenttask(user_id="user_doesnotexist")
+        def test_unknown_user(agent_task): pass
+        """
+    )
+    result = pytester.runpytest(*clerk_args)
+    result.assert_outcomes(errors=1)
+    output = result.stdout.str()
+    assert output.count("Clerk answered 404 resource_not_found") == 1
+    assert "During handling" not in output
+    assert "Traceback" not in output
+
+
+def test_a_test_closing_the_shared_client_does_not_break_the_run(
+    pytester: pytest.Pytester, clerk_args: list[str], emulator: ClerkEmulator
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_closes_it(agenttask_client, agent_task):
+            agenttask_client.close()
+
+        def test_next(agent_task): pass
+        """
+    )
+    result = pytester.runpytest(*clerk_args)
+    result.assert_outcomes(passed=2)
+    assert statuses(emulator) == ["revoked", "revoked"]
+
+
+def test_proxy_settings_do_not_reach_the_loopback_emulator(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    pytester.makepyfile("def test_signed_in(agent_session): pass")
+    result = pytester.runpytest("-p", "pytest_agenttask", "--agenttask-emulator")
+    result.assert_outcomes(passed=1)
+
+
+def test_dash_p_no_disables_a_plugin_enabled_in_addopts(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\naddopts = -p pytest_agenttask --agenttask-emulator\n")
+    pytester.makepyfile("def test_plain(): pass\ndef test_task(agent_task): pass")
+    result = pytester.runpytest_subprocess("-p", "no:pytest_agenttask", "-p", "no:asyncio")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*pytest-agenttask is disabled in this run*"])
+    assert "agenttask:" not in result.stdout.str()

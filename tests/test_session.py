@@ -886,10 +886,10 @@ def test_no_secret_in_logs_reprs_or_errors(
 
 
 def test_log_filter_is_installed_once() -> None:
-    from pytest_agenttask import session as module
+    from pytest_agenttask import _redact as module
 
-    module._install_log_filter()
-    module._install_log_filter()
+    module.install_log_filter()
+    module.install_log_filter()
     for name in ("httpx", "httpcore.http11", "httpcore.connection"):
         filters = logging.getLogger(name).filters
         assert sum(isinstance(f, module._MaskingFilter) for f in filters) == 1

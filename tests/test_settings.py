@@ -294,3 +294,25 @@ def test_settings_repr_never_shows_the_key() -> None:
     settings = Settings(secret_key=Secret("sk_test_ReprMustHideMe"))
     assert "ReprMustHideMe" not in repr(settings)
     assert "ReprMustHideMe" not in str(settings)
+
+
+def test_a_comment_left_on_an_id_line_is_refused(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nagenttask_user_id = user_2abc   # or agenttask_identifier\n")
+    result = pytester.runpytest("-p", "pytest_agenttask")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*agenttask_user_id = 'user_2abc   # or agenttask_identifier'*without spaces*"]
+    )
+
+
+def test_a_secret_key_on_the_command_line_is_refused_without_echoing_it(
+    pytester: pytest.Pytester,
+) -> None:
+    result = pytester.runpytest(
+        "-p", "pytest_agenttask", "--agenttask-secret-key=sk_test_CliLeak123"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--agenttask-secret-key (from command line): a secret key must not be passed*"]
+    )
+    assert "CliLeak123" not in result.stdout.str() + result.stderr.str()
