@@ -534,7 +534,9 @@ def test_setup_errors_are_one_clear_line(pytester: pytest.Pytester, clerk_args: 
     result = pytester.runpytest(*clerk_args)
     result.assert_outcomes(errors=1)
     output = result.stdout.str()
-    assert output.count("Clerk answered 404 resource_not_found") == 1
+    reported = [line for line in result.outlines if line.startswith("agent_task: ")]
+    assert len(reported) == 1
+    assert "Clerk answered 404 resource_not_found" in reported[0]
     assert "During handling" not in output
     assert "Traceback" not in output
 
