@@ -30,9 +30,29 @@ def _shared_emulator() -> Iterator[ClerkEmulator]:
 @pytest.fixture
 def emulator(_shared_emulator: ClerkEmulator) -> Iterator[ClerkEmulator]:
     """The session's emulator, emptied of tasks, requests and faults for this test."""
-    _shared_emulator.reset()
-    yield _shared_emulator
-    _shared_emulator.clear_faults()
+    yield from _fresh(_shared_emulator)
+
+
+@pytest.fixture(scope="module")
+def _module_emulator() -> Iterator[ClerkEmulator]:
+    with ClerkEmulator() as clerk:
+        yield clerk
+
+
+@pytest.fixture
+def clerk(_module_emulator: ClerkEmulator) -> Iterator[ClerkEmulator]:
+    """An emulator of this test module's own (its users are the module's), emptied
+    for this test; for the emulator's own tests."""
+    yield from _fresh(_module_emulator)
+
+
+def _fresh(emulator: ClerkEmulator) -> Iterator[ClerkEmulator]:
+    emulator.reset()
+    yield emulator
+    emulator.session_token_lifetime = 60.0
+    emulator.rate_limit = False
+    emulator.clear_faults()
+    emulator.check_errors()  # re-raise here what failed on the emulator's threads
 
 
 @pytest.fixture

@@ -161,20 +161,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
 # -- fixtures --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def _module_emulator() -> Iterator[ClerkEmulator]:
-    with ClerkEmulator() as clerk:
-        yield clerk
-
-
-@pytest.fixture
-def clerk(_module_emulator: ClerkEmulator) -> Iterator[ClerkEmulator]:
-    _module_emulator.reset()
-    yield _module_emulator
-    _module_emulator.clear_faults()
-    _module_emulator.check_errors()
-
-
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     with new_client() as client:

@@ -27,20 +27,6 @@ _TLS = ssl.create_default_context()  # shared: nothing here speaks TLS
 
 
 @pytest.fixture(scope="module")
-def _module_emulator() -> Iterator[ClerkEmulator]:
-    with ClerkEmulator() as clerk:
-        yield clerk
-
-
-@pytest.fixture
-def clerk(_module_emulator: ClerkEmulator) -> Iterator[ClerkEmulator]:
-    _module_emulator.reset()
-    yield _module_emulator
-    _module_emulator.clear_faults()
-    _module_emulator.check_errors()
-
-
-@pytest.fixture(scope="module")
 def http_client() -> Iterator[httpx.Client]:
     with httpx.Client(verify=_TLS) as client:
         yield client

@@ -128,22 +128,6 @@ def requestish(**headers: str) -> httpx.Request:
 # -- fixtures --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def _module_emulator() -> Iterator[ClerkEmulator]:
-    with ClerkEmulator() as clerk:
-        yield clerk
-
-
-@pytest.fixture
-def clerk(_module_emulator: ClerkEmulator) -> Iterator[ClerkEmulator]:
-    _module_emulator.reset()
-    yield _module_emulator
-    _module_emulator.session_token_lifetime = 60.0
-    _module_emulator.rate_limit = False
-    _module_emulator.clear_faults()
-    _module_emulator.check_errors()
-
-
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     with new_client() as client:
