@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 
@@ -66,6 +66,8 @@ class _Run:
         self._client: BackendClient | None = None
         self._frontend: httpx.Client | None = None
         self._resolved: Settings | None = None
+        # Sign-ins shared by the tests of a module or of the run (agenttask_session_scope).
+        self.shared: dict[tuple[Any, ...], AgentSession | AsyncAgentSession] = {}
 
     def emulator(self) -> ClerkEmulator:
         with self._lock:
@@ -229,6 +231,13 @@ class AgentTaskFactory:
             raise _without_internals(error) from None
 
     def _make(self, overrides: Mapping[str, Any]) -> AgentTask:
+        task = self.create(self.resolve(overrides), owner=self._request.node.nodeid)
+        self.tasks.append(task)
+        return task
+
+    def resolve(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The create parameters for this test: settings, markers, ``overrides``,
+        then the ``pytest_agenttask_params`` hooks; validated."""
         node = self._request.node
         params = task_params(self._run.resolved_settings(), node)
         _apply_layer(params, _validated(overrides, f"agent_task_factory() in {node.nodeid}"))
@@ -252,17 +261,23 @@ class AgentTaskFactory:
                 f"{node.nodeid}: no redirect URL; set agenttask_redirect_url or pass "
                 "redirect_url=... to the agenttask marker"
             )
+        return params
+
+    def create(self, params: Mapping[str, Any], *, owner: str) -> AgentTask:
+        """Create a task from resolved ``params``; the run's ledger records it under
+        ``owner`` (the node id whose end closes it)."""
         client = self._run.client() or self._client  # a test may have closed the fixture's
         task = client.create(
             agent_name=params["agent_name"],
             task_description=params["task_description"],
             redirect_url=params["redirect_url"],
-            user_id=user_id,
-            identifier=identifier,
+            user_id=params["user_id"],
+            identifier=params["identifier"],
             session_max_duration_in_seconds=params["session_max_duration"],
         )
-        self._run.ledger.add(task, node.nodeid, user_id=user_id, identifier=identifier)
-        self.tasks.append(task)
+        self._run.ledger.add(
+            task, owner, user_id=params["user_id"], identifier=params["identifier"]
+        )
         self._request.config.hook.pytest_agenttask_created(request=self._request, task=task)
         return task
 
@@ -624,10 +639,14 @@ def _created(factory: Callable[[], AgentTask], fixture: str) -> AgentTask:
 def _signed_in(request: pytest.FixtureRequest, factory: AgentTaskFactory, fixture: str) -> SignIn:
     """Create a task and visit its URL as a browser would: one Frontend API request."""
     __tracebackhide__ = True
+    task = _created(factory, fixture)
+    return _visit(_run(request.config), task, fixture)
+
+
+def _visit(run: _Run, task: AgentTask, fixture: str) -> SignIn:
+    __tracebackhide__ = True
     from .session import sign_in
 
-    task = _created(factory, fixture)
-    run = _run(request.config)
     try:
         signed = sign_in(task, http=run.frontend_http())
     except AgentTaskError as error:
@@ -650,6 +669,63 @@ def _end_session(request: pytest.FixtureRequest, session: AgentSession | AsyncAg
     ledger.mark_session(session.session_id, "revoked")
 
 
+_SessionType = TypeVar("_SessionType", "AgentSession", "AsyncAgentSession")
+
+
+def _session_for(
+    request: pytest.FixtureRequest,
+    factory: AgentTaskFactory,
+    client: BackendClient,
+    kind: type[_SessionType],
+    fixture: str,
+) -> tuple[_SessionType, bool]:
+    """A signed-in session for this test, and whether this test owns it.
+
+    With ``agenttask_session_scope = module`` or ``session``, tests whose task
+    parameters are the same (the description aside) share one sign-in, closed
+    when their module or the run ends; a test whose marker asks for another
+    user or redirect gets its own.
+    """
+    __tracebackhide__ = True
+    run = _run(request.config)
+    scope = run.settings.session_scope
+    if scope == "function":
+        signed = _signed_in(request, factory, fixture)
+        return kind(factory.tasks[-1], signed, client), True
+    try:
+        params = factory.resolve({})
+    except AgentTaskError as error:
+        _fail(f"{fixture}: {error}")
+    owner: pytest.Item | pytest.Collector | pytest.Session = request.session
+    if scope == "module":
+        owner = request.node.getparent(pytest.Module) or request.session
+    shared_params = tuple(sorted((k, v) for k, v in params.items() if k != "task_description"))
+    key = (kind.__name__, owner.nodeid, shared_params)
+    cached = run.shared.get(key)
+    if isinstance(cached, kind) and not cached.closed:
+        return cached, False
+    try:
+        task = factory.create(params, owner=owner.nodeid or "(the whole run)")
+    except AgentTaskError as error:
+        _fail(f"{fixture}: {error}")
+    signed = _visit(run, task, fixture)
+    session = kind(task, signed, client)
+    run.shared[key] = session
+    owner.addfinalizer(lambda: _close_quietly(run, session))
+    return session, False
+
+
+def _close_quietly(run: _Run, session: AgentSession | AsyncAgentSession) -> None:
+    """Close a shared session when its scope ends; a failure is left to the sweep
+    and the terminal summary (no test owns it to fail)."""
+    try:
+        session.close()
+    except AgentTaskError as error:
+        run.ledger.mark_session(session.session_id, "failed", str(error))
+    else:
+        run.ledger.mark_session(session.session_id, "revoked")
+
+
 @pytest.fixture
 def agent_session(
     request: pytest.FixtureRequest,
@@ -658,13 +734,16 @@ def agent_session(
 ) -> Generator[AgentSession, None, None]:
     """A signed-in session: ``.client`` (an ``httpx.Client`` on the app's origin that
     keeps the session's token fresh), ``.task``, ``.session_id``, ``.user_id``, ``.token()``.
-    The session is revoked at teardown."""
+    The session is revoked at teardown (or at the end of its module or of the run,
+    with ``agenttask_session_scope``)."""
     from .session import AgentSession
 
-    signed = _signed_in(request, agent_task_factory, "agent_session")
-    session = AgentSession(agent_task_factory.tasks[-1], signed, agenttask_client)
+    session, owned = _session_for(
+        request, agent_task_factory, agenttask_client, AgentSession, "agent_session"
+    )
     yield session
-    _end_session(request, session)
+    if owned:
+        _end_session(request, session)
 
 
 @pytest.fixture
@@ -679,10 +758,12 @@ def async_agent_session(
     mode), by anyio's plugin, or by ``asyncio.run`` alike."""
     from .session import AsyncAgentSession
 
-    signed = _signed_in(request, agent_task_factory, "async_agent_session")
-    session = AsyncAgentSession(agent_task_factory.tasks[-1], signed, agenttask_client)
+    session, owned = _session_for(
+        request, agent_task_factory, agenttask_client, AsyncAgentSession, "async_agent_session"
+    )
     yield session
-    _end_session(request, session)
+    if owned:
+        _end_session(request, session)
 
 
 @pytest.fixture
@@ -700,8 +781,21 @@ def agent_page(
             "agent_page needs pytest-playwright: pip install pytest-playwright "
             "(or pytest-agenttask[browser]) and a browser for it to drive"
         )
+    run = _run(request.config)
+    if run.settings.session_scope != "function":
+        # A shared sign-in: the page gets its cookies (with a fresh token) and
+        # lands on the redirect URL, with no request to Clerk at all.
+        from .session import AgentSession
+
+        shared, _ = _session_for(
+            request, agent_task_factory, agenttask_client, AgentSession, "agent_page"
+        )
+        page.context.add_cookies(shared.cookies)
+        page.goto(shared.signed_in.landing_url)
+        yield page
+        return
     task = _created(agent_task_factory, "agent_page")
-    ledger = _run(request.config).ledger
+    ledger = run.ledger
     signed = _browser_sign_in(
         page, task, lambda s: ledger.add_session(s.session_id, task.agent_task_id)
     )

@@ -121,6 +121,13 @@ def parse_missing_key(value: str) -> str:
     return value
 
 
+def parse_session_scope(value: str) -> str:
+    """``function``, ``module`` or ``session``."""
+    if value not in ("function", "module", "session"):
+        raise ValueError("expected function, module or session")
+    return value
+
+
 def parse_env_name(value: str) -> str:
     """The name of an environment variable."""
     if not _ENV_NAME.fullmatch(value):
@@ -251,6 +258,13 @@ _OPTIONS = (
         flag=True,
     ),
     _Option(
+        "agenttask_session_scope",
+        "how widely agent_session, async_agent_session and agent_page share one sign-in: "
+        "function (a fresh task per test), module or session (default: %(default)s).",
+        parse_session_scope,
+        "function",
+    ),
+    _Option(
         "agenttask_emulator",
         "start the embedded Clerk emulator on loopback and use it "
         "instead of Clerk (default: false).",
@@ -317,6 +331,7 @@ class Settings:
     missing_key: Literal["skip", "fail"] = "skip"
     allow_live_keys: bool = False
     emulator: bool = False
+    session_scope: Literal["function", "module", "session"] = "function"
     secret_key: Secret | None = field(default=None, compare=False)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

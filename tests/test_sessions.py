@@ -219,3 +219,84 @@ def test_agent_page_without_pytest_playwright_says_what_to_install(
     result.stdout.fnmatch_lines(
         ["*agent_page needs pytest-playwright: pip install pytest-playwright*"]
     )
+
+
+SHARED_A = """
+import os
+import pytest
+
+def record(session):
+    with open(os.environ["SESSIONS_FILE"], "a") as file:
+        file.write(f"{__name__} {session.session_id}\\n")
+
+def test_one(agent_session):
+    assert agent_session.client.get("/api/me").status_code == 200
+    record(agent_session)
+
+def test_two(agent_session):
+    assert agent_session.client.get("/api/me").status_code == 200
+    record(agent_session)
+
+@pytest.mark.agenttask(identifier="shared-other@example.com")
+def test_other_user(agent_session):
+    assert agent_session.client.get("/api/me").json()["user_id"] == agent_session.user_id
+    record(agent_session)
+"""
+
+SHARED_B = """
+from test_shared_a import record
+
+def test_three(agent_session):
+    assert agent_session.client.get("/api/me").status_code == 200
+    record(agent_session)
+"""
+
+
+@pytest.mark.parametrize(("scope", "sign_ins"), [("function", 4), ("module", 3), ("session", 2)])
+def test_session_scope_shares_sign_ins(
+    pytester: pytest.Pytester,
+    session_args: list[str],
+    emulator: ClerkEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    scope: str,
+    sign_ins: int,
+) -> None:
+    if "shared-other@example.com" not in {u.email_address for u in emulator.users}:
+        emulator.add_user(email_address="shared-other@example.com")
+    sessions_file = pytester.path / "sessions.txt"
+    monkeypatch.setenv("SESSIONS_FILE", str(sessions_file))
+    pytester.makepyfile(test_shared_a=SHARED_A, test_shared_b=SHARED_B)
+    result = pytester.runpytest(*session_args, f"--agenttask-session-scope={scope}")
+    result.assert_outcomes(passed=4)
+    seen = [line.split() for line in sessions_file.read_text().splitlines()]
+    assert len({session_id for _, session_id in seen}) == sign_ins
+    assert len(emulator.sessions) == sign_ins
+    assert emulator.request_count(api="frontend") == sign_ins
+    if scope != "function":
+        assert seen[0][1] == seen[1][1]  # test_one and test_two shared one sign-in
+        assert seen[2][1] != seen[0][1]  # another user: its own
+    assert_nothing_left_open(emulator)
+
+
+def test_shared_agent_page_signs_in_once(
+    pytester: pytest.Pytester,
+    session_args: list[str],
+    emulator: ClerkEmulator,
+    browser_conftest: None,
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_first(agent_page):
+            assert agent_page.locator("#who").inner_text().startswith("Signed in as user_")
+
+        def test_second(agent_page):
+            assert agent_page.locator("#who").inner_text().startswith("Signed in as user_")
+            assert "/dashboard?tab=home" in agent_page.url
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        *session_args, "-p", "playwright", "--agenttask-session-scope=session"
+    )
+    result.assert_outcomes(passed=2)
+    assert len(emulator.sessions) == 1
+    assert_nothing_left_open(emulator)
