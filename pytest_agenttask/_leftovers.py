@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,18 @@ class LeftoverFiles:
         self._directory = directory
         self._path = directory / f"{name}.json"
         self._instance = instance
+        self._lock = threading.Lock()  # the background closer writes too
 
     def write(self, snapshot: Mapping[str, Any]) -> None:
         """Replace this process's record (atomically); remove it when nothing is open."""
-        if not any(snapshot.values()):
-            with contextlib.suppress(FileNotFoundError):
-                self._path.unlink()
-            return
-        temporary = self._path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"instance": self._instance, **snapshot}))
-        os.replace(temporary, self._path)
+        with self._lock:
+            if not any(snapshot.values()):
+                with contextlib.suppress(FileNotFoundError):
+                    self._path.unlink()
+                return
+            temporary = self._path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"instance": self._instance, **snapshot}))
+            os.replace(temporary, self._path)
 
     def take_all(self) -> list[dict[str, Any]]:
         """Read and remove every record of this instance (those of other instances stay)."""

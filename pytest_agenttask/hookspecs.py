@@ -35,5 +35,6 @@ def pytest_agenttask_revoked(request: pytest.FixtureRequest, task: AgentTask) ->
     """Called after a pending task was revoked in the teardown of the test of ``request``.
 
     Not called for a task whose URL was already used (Clerk cannot revoke it; its
-    session is closed instead) nor for one the session-end sweep revoked.
+    session is closed instead), for one the session-end sweep revoked, nor with
+    ``agenttask_close = background`` (the test's request is over by then).
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -14,7 +15,10 @@ if TYPE_CHECKING:
     from .client import BackendClient
     from .models import AgentTask
 
-__all__ = ["CloseOutcome", "Closer", "SessionRecord", "TaskLedger", "TaskRecord", "close_task"]
+__all__ = [
+    "BackgroundCloser",
+    "CloseOutcome",
+    "Closer", "SessionRecord", "TaskLedger", "TaskRecord", "close_task"]
 
 TaskState = Literal["open", "revoked", "consumed", "gone", "failed"]
 SessionState = Literal["active", "revoked", "failed"]
@@ -124,6 +128,10 @@ class TaskLedger:
                 self._sessions[session_id] = session
         self._changed()
         return session
+
+    def session(self, session_id: str) -> SessionRecord:
+        with self._lock:
+            return self._sessions[session_id]
 
     def mark_sessions_known(self, agent_task_id: str) -> None:
         with self._lock:
@@ -262,6 +270,48 @@ class Closer:
             self.close_task(record)
         for session in self._ledger.sessions("active", "failed"):
             self.close_session(session)
+
+
+class BackgroundCloser:
+    """Runs closing jobs one after another on a daemon thread, so that a test's
+    revokes do not hold up the next test; :meth:`drain` waits for them all."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], object]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="pytest-agenttask-closer", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # noqa: S110 (jobs record their own failures in the ledger)
+                pass
+            finally:
+                self._jobs.task_done()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every job submitted has run; False if ``timeout`` ran out first."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._jobs.all_tasks_done:
+            while self._jobs.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._jobs.all_tasks_done.wait(remaining)
+        return True
 
 
 def describe_error(error: BaseException) -> str:

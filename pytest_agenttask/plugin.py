@@ -20,7 +20,7 @@ from . import hookspecs
 from ._leftovers import LeftoverFiles, instance_fingerprint
 from ._redact import Secret, install_log_filter, mask_tickets
 from .errors import AgentTaskError, ConfigurationError
-from .ledger import Closer, TaskLedger
+from .ledger import BackgroundCloser, Closer, TaskLedger
 from .models import AgentTask, TaskURL
 from .settings import MARKER_KEYWORDS, Settings, load_settings, parse_marker_value, register_options
 
@@ -54,6 +54,8 @@ class _Run:
         self.settings = settings
         self.ledger = TaskLedger()
         self.recovered = TaskLedger()
+        self.background = BackgroundCloser()
+        self._record_lock = threading.Lock()
         self._leftovers: LeftoverFiles | None = None
         if leftovers_dir is not None and not settings.emulator and settings.secret_key:
             # An emulator dies with its run, so only a real Clerk needs the record.
@@ -129,7 +131,8 @@ class _Run:
 
     def _record(self, ledger: TaskLedger) -> None:
         if self._leftovers is not None:
-            self._leftovers.write(ledger.open_snapshot())
+            with self._record_lock:  # the snapshot and its write, in one piece
+                self._leftovers.write(ledger.open_snapshot())
 
     def close_leftovers(self) -> None:
         """Close what killed earlier runs against this Clerk instance left open."""
@@ -160,6 +163,9 @@ class _Run:
 
     def sweep(self) -> None:
         """Close whatever is still open: what a teardown failed to close or never reached."""
+        # What is still queued for the background closer is closed first; the
+        # bound is generous (each job retries), and what outlives it is swept.
+        self.background.drain(timeout=max(60.0, self.settings.timeout * 30))
         client = self.client() if self._client is not None else None
         if client is not None:
             Closer(client, self.ledger).sweep()
@@ -287,6 +293,10 @@ class AgentTaskFactory:
         ``pytest_agenttask_revoked`` hooks run after everything is closed."""
         ledger = self._run.ledger
         closer = Closer(self._run.client() or self._client, ledger)
+        if self._run.settings.close == "background":
+            tasks = list(self.tasks)
+            self._run.background.submit(lambda: _close_all(closer, ledger, tasks))
+            return []
         problems: list[str] = []
         revoked: list[AgentTask] = []
         for task in self.tasks:
@@ -310,6 +320,16 @@ class AgentTaskFactory:
         if errors:
             raise errors[0]
         return [problem for problem in problems if problem]
+
+
+def _close_all(closer: Closer, ledger: TaskLedger, tasks: list[AgentTask]) -> None:
+    """The background closer's job for one test: its tasks, then what they opened."""
+    for task in tasks:
+        closer.close_task(ledger.record(task.agent_task_id))
+    mine = {task.agent_task_id for task in tasks}
+    for session in ledger.sessions("active", "failed"):
+        if session.agent_task_id in mine:
+            closer.close_session(session)
 
 
 def _validated(values: Mapping[str, Any], where: str, *, complete: bool = False) -> dict[str, Any]:
@@ -501,8 +521,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     # trylast: pytest has already torn every fixture down, so only what a
     # teardown failed to close (or never reached, after Ctrl-C) is left.
     run = session.config.stash.get(_RUN, None)
-    if run is not None:
-        run.sweep()
+    if run is None:
+        return
+    run.sweep()
+    left_open = run.ledger.unresolved() or run.ledger.sessions("active", "failed")
+    if left_open and session.exitstatus == pytest.ExitCode.OK:
+        # A live login link left behind is a failure of the run, even when every
+        # test passed (with agenttask_close = background no teardown reported it).
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(
@@ -657,7 +683,11 @@ def _visit(run: _Run, task: AgentTask, fixture: str) -> SignIn:
 
 def _end_session(request: pytest.FixtureRequest, session: AgentSession | AsyncAgentSession) -> None:
     __tracebackhide__ = True
-    ledger = _run(request.config).ledger
+    run = _run(request.config)
+    if run.settings.close == "background":
+        run.background.submit(lambda: _close_quietly(run, session))
+        return
+    ledger = run.ledger
     try:
         session.close()
     except AgentTaskError as error:
@@ -800,17 +830,14 @@ def agent_page(
         page, task, lambda s: ledger.add_session(s.session_id, task.agent_task_id)
     )
     yield page
-    from .session import revoke_session
-
-    try:
-        revoke_session(agenttask_client, signed.session_id)
-    except AgentTaskError as error:
-        ledger.mark_session(signed.session_id, "failed", str(error))
-        _fail(
-            f"could not revoke session {signed.session_id}: {error} "
-            "(retried once more at the end of the run)"
-        )
-    ledger.mark_session(signed.session_id, "revoked")
+    closer = Closer(run.client() or agenttask_client, ledger)
+    record = ledger.session(signed.session_id)
+    if run.settings.close == "background":
+        run.background.submit(lambda: closer.close_session(record))
+        return
+    problem = closer.close_session(record)
+    if problem:
+        _fail(f"{problem} (retried once more at the end of the run)")
 
 
 def _browser_sign_in(page: Any, task: AgentTask, on_signed: Callable[[SignIn], object]) -> SignIn:

@@ -121,6 +121,13 @@ def parse_missing_key(value: str) -> str:
     return value
 
 
+def parse_close(value: str) -> str:
+    """``teardown`` or ``background``."""
+    if value not in ("teardown", "background"):
+        raise ValueError("expected teardown or background")
+    return value
+
+
 def parse_session_scope(value: str) -> str:
     """``function``, ``module`` or ``session``."""
     if value not in ("function", "module", "session"):
@@ -258,6 +265,15 @@ _OPTIONS = (
         flag=True,
     ),
     _Option(
+        "agenttask_close",
+        "when a test's tasks and sessions are closed: teardown (in the test's teardown; a "
+        "failure is a teardown error) or background (after the test, on a background "
+        "thread, off the next test's way; all closed before the run ends) "
+        "(default: %(default)s).",
+        parse_close,
+        "teardown",
+    ),
+    _Option(
         "agenttask_session_scope",
         "how widely agent_session, async_agent_session and agent_page share one sign-in: "
         "function (a fresh task per test), module or session (default: %(default)s).",
@@ -332,6 +348,7 @@ class Settings:
     allow_live_keys: bool = False
     emulator: bool = False
     session_scope: Literal["function", "module", "session"] = "function"
+    close: Literal["teardown", "background"] = "teardown"
     secret_key: Secret | None = field(default=None, compare=False)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -575,3 +575,49 @@ def test_dash_p_no_disables_a_plugin_enabled_in_addopts(pytester: pytest.Pyteste
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*pytest-agenttask is disabled in this run*"])
     assert "agenttask:" not in result.stdout.str()
+
+
+BACKGROUND_SUITE = """
+import httpx
+
+def test_task(agent_task): pass
+def test_url_used_by_the_test(agent_task_url): httpx.get(agent_task_url)
+def test_session(agent_session): assert agent_session.client.get("/api/me").status_code == 200
+def test_fails(agent_task): assert False
+"""
+
+
+def test_background_close_leaves_nothing_open(
+    pytester: pytest.Pytester, session_args: list[str], emulator: ClerkEmulator
+) -> None:
+    pytester.makepyfile(BACKGROUND_SUITE)
+    result = pytester.runpytest(*session_args, "--agenttask-close=background")
+    result.assert_outcomes(passed=3, failed=1)
+    assert emulator.pending_tasks() == []
+    assert emulator.active_sessions() == []
+    assert len(emulator.tasks) == 4
+    result.stdout.fnmatch_lines(
+        [
+            "agenttask: 4 Agent Task(s) created: 2 revoked, 2 used to sign in; 2 of 2 session(s) revoked; 0 left open"
+        ]
+    )
+
+
+def test_background_close_failures_are_swept_or_fail_the_run(
+    pytester: pytest.Pytester, clerk_args: list[str], emulator: ClerkEmulator
+) -> None:
+    revoke = r"/v1/agents/tasks/[^/]+/revoke"
+    emulator.inject_fault(path=revoke, status=503, times=3)  # the job gives up, the sweep succeeds
+    pytester.makepyfile("def test_one(agent_task): pass")
+    result = pytester.runpytest(*clerk_args, "--agenttask-close=background")
+    result.assert_outcomes(passed=1)  # no teardown error: the test had its result
+    assert result.ret == pytest.ExitCode.OK
+    assert emulator.pending_tasks() == []
+
+    emulator.reset()
+    emulator.inject_fault(path=revoke, status=503, times=-1)
+    result = pytester.runpytest(*clerk_args, "--agenttask-close=background")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # something stayed open
+    result.stdout.fnmatch_lines(["*1 left open*", "  left open: Agent Task *503*"])
+    emulator.clear_faults()

@@ -124,3 +124,18 @@ def test_a_killed_run_is_cleaned_up_by_the_next(
     assert emulator.pending_tasks() == []
     assert emulator.active_sessions() == []
     assert list((pytester.path / ".pytest_cache").rglob("agenttask-open/*.json")) == []
+
+
+def test_sigint_with_background_closing_still_closes_everything(
+    pytester: pytest.Pytester, session_args: list[str], emulator: ClerkEmulator
+) -> None:
+    pytester.makepyfile(SUITE)
+    ready = pytester.path / "ready"
+    process = run_until_ready(
+        pytester, [*session_args, "--agenttask-close=background"], "teardown", ready
+    )
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert emulator.pending_tasks() == [], output
+    assert emulator.active_sessions() == [], output
