@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json as jsonlib
 import logging
+import os
 import random
+import ssl
 import sys
 import time
 import urllib.parse
@@ -33,6 +36,7 @@ from .models import AgentTask
 __all__ = [
     "CLERK_API_VERSION",
     "DEFAULT_API_URL",
+    "DEFAULT_MAX_RATE_LIMIT_WAIT",
     "AsyncBackendClient",
     "BackendClient",
     "ClientStats",
@@ -91,13 +95,32 @@ _JITTER = 0.1
 # as are a 2xx whose body is not the expected JSON, and local errors
 # (unsupported scheme, malformed request).
 #
-# Waits: ``Retry-After`` (seconds or HTTP-date) or ``retry-after-ms`` when the
-# answer carries one, else exponential backoff (``backoff`` * 2**n, capped at
-# ``max_backoff``) with up to 10% jitter. A Retry-After longer than
-# ``max_backoff`` makes the client give up at once and raise the error: a
-# shorter wait would only earn another 429, and a longer one is what the user
-# capped.
+# Two budgets per call:
+#
+#   rate limited: a 429 that says how long to wait (``Retry-After`` in seconds
+#     or as an HTTP-date, or ``retry-after-ms``; Clerk's limiter and the
+#     emulator's send one). Nothing failed: Clerk only asks us to come back
+#     later, so the client waits as told, jittered upwards by up to 10% (so
+#     that parallel workers do not all come back in the same instant), and
+#     does NOT consume ``retries``. These waits are bounded instead by
+#     ``max_rate_limit_wait``, the seconds one call may spend waiting on the
+#     rate limit in total: 120 s by default, twelve windows of Clerk's limit
+#     (100 requests per 10 s), enough for a pytest-xdist run whose workers
+#     share that limit to get through, short enough that a limit that never
+#     lifts still ends the call. A Retry-After that does not fit in what is
+#     left of that budget makes the client give up at once (a shorter wait
+#     would only earn another 429). A wait counts at least 0.1 s, so that a
+#     repeated ``Retry-After: 0`` exhausts the budget too.
+#   failed: 5xx, connection errors, timeouts, and a 429 without a wait. At
+#     most ``retries`` retries, after ``Retry-After`` when the answer carries
+#     one (a 503 may), else exponential backoff (``backoff`` * 2**n, capped at
+#     ``max_backoff``) with up to 10% jitter. A Retry-After longer than
+#     ``max_backoff`` here makes the client give up at once and raise the
+#     error: a longer wait is what the user capped.
 # --------------------------------------------------------------------------- #
+
+DEFAULT_MAX_RATE_LIMIT_WAIT = 120.0
+_MIN_RATE_LIMIT_WAIT = 0.1
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,7 @@ class RetryPolicy:
     backoff: float = 0.5
     max_backoff: float = 30.0
     jitter: float = _JITTER
+    max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT
 
     def delay(self, retry: int, retry_after: float | None, rand: float) -> float | None:
         """Seconds to wait before retry number ``retry`` (1-based), or ``None`` to give up.
@@ -121,6 +145,17 @@ class RetryPolicy:
             return min(retry_after * (1 + self.jitter * rand), self.max_backoff)
         base = min(self.backoff * 2.0 ** (retry - 1), self.max_backoff)
         return base * (1 - self.jitter * rand)
+
+    def rate_limit_delay(self, retry_after: float, waited: float, rand: float) -> float | None:
+        """Seconds to wait after a 429 that asked for ``retry_after`` seconds, when
+        this call already waited ``waited`` seconds on the rate limit; ``None`` to
+        give up (the wait does not fit in ``max_rate_limit_wait``)."""
+        remaining = self.max_rate_limit_wait - waited
+        wait = max(retry_after, _MIN_RATE_LIMIT_WAIT)
+        if wait > remaining:
+            return None
+        # The server asked for at least this long: jitter only upwards.
+        return min(wait * (1 + self.jitter * rand), remaining)
 
 
 def _retry_status(status: int) -> tuple[bool, bool]:
@@ -312,6 +347,18 @@ class ClientStats:
     requests_sent: int = 0
     retries: int = 0
     ambiguous_creates: int = 0
+    # Retries after a 429 that said how long to wait (counted in ``retries``
+    # too), and the seconds waited for them.
+    rate_limited: int = 0
+    rate_limit_wait: float = 0.0
+
+
+@dataclass
+class _Budget:
+    """What one call has spent: ordinary retries, and seconds waited on the rate limit."""
+
+    retries: int = 0
+    rate_limit_waited: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -339,6 +386,23 @@ class _Fail:
 @dataclass(frozen=True)
 class _Retry:
     wait: float
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client this process makes.
+
+    httpx builds a context for each client it creates (loading the CA bundle
+    takes tens of milliseconds); the sessions make a client per test, so they
+    share this one. It trusts what httpx trusts: certifi's bundle, or
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set.
+    """
+    import certifi
+
+    return ssl.create_default_context(
+        cafile=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        capath=os.environ.get("SSL_CERT_DIR") or None,
+    )
 
 
 class _BearerAuth(httpx.Auth):
@@ -410,6 +474,7 @@ class _Core:
         retries: int,
         backoff: float,
         max_backoff: float,
+        max_rate_limit_wait: float,
         user_agent: str,
     ) -> None:
         if not timeout > 0:
@@ -421,10 +486,20 @@ class _Core:
                 "retries, backoff and max_backoff must not be negative, got "
                 f"{retries!r}, {backoff!r}, {max_backoff!r}"
             )
+        if not max_rate_limit_wait >= 0:
+            raise ConfigurationError(
+                "max_rate_limit_wait must be a number of seconds >= 0, got "
+                f"{max_rate_limit_wait!r}"
+            )
         self.secret = _check_secret(secret_key)
         self.api_url = _check_api_url(api_url)
         self.timeout = float(timeout)
-        self.policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
+        self.policy = RetryPolicy(
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            max_rate_limit_wait=float(max_rate_limit_wait),
+        )
         self.stats = ClientStats()
         self.rand: Callable[[], float] = random.random
         self.client_options: dict[str, Any] = {
@@ -441,6 +516,7 @@ class _Core:
             # Proxy and CA settings from the environment are for the real Clerk;
             # an emulator on loopback must never be reached through a proxy.
             "trust_env": urllib.parse.urlsplit(self.api_url).hostname not in _LOOPBACK,
+            "verify": shared_ssl_context(),
         }
 
     # Calls -------------------------------------------------------------- #
@@ -510,7 +586,7 @@ class _Core:
         self.stats.requests_sent += 1
 
     def after_response(
-        self, call: _Call[T], attempt: int, response: httpx.Response
+        self, call: _Call[T], attempt: int, response: httpx.Response, budget: _Budget
     ) -> _Done[T] | _Fail | _Retry:
         status = response.status_code
         log.debug(
@@ -529,17 +605,21 @@ class _Core:
         retry, ambiguous = _retry_status(status)
         if not retry:
             return _Fail(error)
+        retry_after = _retry_after(response.headers)
+        if status == 429 and retry_after is not None:
+            return self._wait_or_fail(call, attempt, error, retry_after, budget)
         return self._retry_or_fail(
             call,
             attempt,
             error,
+            budget,
             ambiguous=ambiguous,
             reason=f"HTTP {status}",
-            retry_after=_retry_after(response.headers),
+            retry_after=retry_after,
         )
 
     def after_exception(
-        self, call: _Call[Any], attempt: int, exc: httpx.RequestError
+        self, call: _Call[Any], attempt: int, exc: httpx.RequestError, budget: _Budget
     ) -> _Fail | _Retry:
         kind = type(exc).__name__
         detail = mask_tickets(" ".join(str(exc).split())) or "no detail"
@@ -564,22 +644,56 @@ class _Core:
         if not retry:
             return _Fail(error)
         return self._retry_or_fail(
-            call, attempt, error, ambiguous=ambiguous, reason=kind, retry_after=None
+            call, attempt, error, budget, ambiguous=ambiguous, reason=kind, retry_after=None
         )
+
+    def _wait_or_fail(
+        self,
+        call: _Call[Any],
+        attempt: int,
+        error: AgentTaskError,
+        retry_after: float,
+        budget: _Budget,
+    ) -> _Fail | _Retry:
+        """A 429 that says how long to wait: wait, outside the ``retries`` budget."""
+        wait = self.policy.rate_limit_delay(retry_after, budget.rate_limit_waited, self.rand())
+        if wait is None:
+            note = (
+                f"not retried: Clerk asked to wait {retry_after:g} s, more than is left of "
+                f"max_rate_limit_wait ({budget.rate_limit_waited:.1f} of "
+                f"{self.policy.max_rate_limit_wait:g} s waited)"
+            )
+            log.debug("%s: %s", _where(call.method, call.path), note)
+            _add_note(error, note)
+            return _Fail(_with_attempts(error, attempt))
+        budget.rate_limit_waited += wait
+        self.stats.retries += 1
+        self.stats.rate_limited += 1
+        self.stats.rate_limit_wait += wait
+        log.debug(
+            "%s: HTTP 429, rate limited: retry in %.2f s (%.1f of %g s of rate-limit waits)",
+            _where(call.method, call.path),
+            wait,
+            budget.rate_limit_waited,
+            self.policy.max_rate_limit_wait,
+        )
+        return _Retry(wait)
 
     def _retry_or_fail(
         self,
         call: _Call[Any],
         attempt: int,
         error: AgentTaskError,
+        budget: _Budget,
         *,
         ambiguous: bool,
         reason: str,
         retry_after: float | None,
     ) -> _Fail | _Retry:
         wait: float | None = None
-        if attempt <= self.policy.retries:
-            wait = self.policy.delay(attempt, retry_after, self.rand())
+        retry = budget.retries + 1
+        if retry <= self.policy.retries:
+            wait = self.policy.delay(retry, retry_after, self.rand())
             if wait is None:
                 note = (
                     f"not retried: Clerk asked to wait {retry_after:g} s, "
@@ -599,12 +713,13 @@ class _Core:
             )
         if wait is None:
             return _Fail(_with_attempts(error, attempt))
+        budget.retries = retry
         self.stats.retries += 1
         log.debug(
             "%s: %s, retry %d/%d in %.2f s",
             _where(call.method, call.path),
             reason,
-            attempt,
+            retry,
             self.policy.retries,
             wait,
         )
@@ -619,7 +734,9 @@ class _Core:
 class BackendClient:
     """Clerk Backend API client for Agent Tasks, on one pooled :class:`httpx.Client`.
 
-    Retries 429, 5xx and connection failures (see :class:`RetryPolicy`); raises
+    Waits out Clerk's rate limit (a 429 with ``Retry-After``, for up to
+    ``max_rate_limit_wait`` seconds per call) and retries 5xx, connection failures
+    and a 429 without a wait ``retries`` times (see :class:`RetryPolicy`); raises
     :class:`ClerkAPIError` for Clerk's errors and :class:`ClerkTransportError`
     when there is no usable answer. Use it as a context manager or call :meth:`close`.
     """
@@ -633,6 +750,7 @@ class BackendClient:
         retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str = DEFAULT_USER_AGENT,
@@ -644,6 +762,7 @@ class BackendClient:
             retries=retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            max_rate_limit_wait=max_rate_limit_wait,
             user_agent=user_agent,
         )
         self._sleep = sleep
@@ -656,7 +775,8 @@ class BackendClient:
 
     @property
     def stats(self) -> ClientStats:
-        """Counters: ``requests_sent``, ``retries``, ``ambiguous_creates``."""
+        """Counters: ``requests_sent``, ``retries``, ``ambiguous_creates``, ``rate_limited``,
+        ``rate_limit_wait``."""
         return self._core.stats
 
     def create(
@@ -702,6 +822,7 @@ class BackendClient:
         if self._http.is_closed:
             raise AgentTaskError("the Backend API client is closed")
         attempt = 0
+        budget = _Budget()
         while True:
             attempt += 1
             self._core.sending(call, attempt)
@@ -711,9 +832,9 @@ class BackendClient:
                     call.method, call.path.lstrip("/"), **self._core.request_kwargs(call)
                 )
             except httpx.RequestError as exc:
-                outcome = self._core.after_exception(call, attempt, exc)
+                outcome = self._core.after_exception(call, attempt, exc, budget)
             else:
-                outcome = self._core.after_response(call, attempt, response)
+                outcome = self._core.after_response(call, attempt, response, budget)
             if isinstance(outcome, _Retry):
                 self._sleep(outcome.wait)
             elif isinstance(outcome, _Fail):
@@ -758,6 +879,7 @@ class AsyncBackendClient:
         retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         user_agent: str = DEFAULT_USER_AGENT,
@@ -769,6 +891,7 @@ class AsyncBackendClient:
             retries=retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            max_rate_limit_wait=max_rate_limit_wait,
             user_agent=user_agent,
         )
         self._sleep = sleep
@@ -781,7 +904,8 @@ class AsyncBackendClient:
 
     @property
     def stats(self) -> ClientStats:
-        """Counters: ``requests_sent``, ``retries``, ``ambiguous_creates``."""
+        """Counters: ``requests_sent``, ``retries``, ``ambiguous_creates``, ``rate_limited``,
+        ``rate_limit_wait``."""
         return self._core.stats
 
     async def create(
@@ -827,6 +951,7 @@ class AsyncBackendClient:
         if self._http.is_closed:
             raise AgentTaskError("the Backend API client is closed")
         attempt = 0
+        budget = _Budget()
         while True:
             attempt += 1
             self._core.sending(call, attempt)
@@ -836,9 +961,9 @@ class AsyncBackendClient:
                     call.method, call.path.lstrip("/"), **self._core.request_kwargs(call)
                 )
             except httpx.RequestError as exc:
-                outcome = self._core.after_exception(call, attempt, exc)
+                outcome = self._core.after_exception(call, attempt, exc, budget)
             else:
-                outcome = self._core.after_response(call, attempt, response)
+                outcome = self._core.after_response(call, attempt, response, budget)
             if isinstance(outcome, _Retry):
                 await self._sleep(outcome.wait)
             elif isinstance(outcome, _Fail):

@@ -158,7 +158,13 @@ class _Run:
                 # No proxy from the environment for a loopback Clerk (the emulator).
                 host = urlsplit(self.resolved_settings().api_url).hostname
                 loopback = host in ("127.0.0.1", "localhost", "::1")
-                self._frontend = httpx.Client(timeout=self.settings.timeout, trust_env=not loopback)
+                from .client import shared_ssl_context
+
+                self._frontend = httpx.Client(
+                    timeout=self.settings.timeout,
+                    trust_env=not loopback,
+                    verify=shared_ssl_context(),
+                )
             return self._frontend
 
     def sweep(self) -> None:

@@ -48,7 +48,7 @@ import anyio.to_thread
 import httpx
 
 from ._redact import install_log_filter, mask_tickets
-from .client import BackendClient, _error_from_response
+from .client import BackendClient, _error_from_response, shared_ssl_context
 from .errors import AgentTaskError, ClerkAPIError, ClerkTransportError, ConfigurationError
 from .models import AgentTask
 
@@ -966,6 +966,7 @@ class _SessionBase:
             "timeout": httpx.Timeout(timeout),
             # An app on loopback must never be reached through the environment's proxy.
             "trust_env": host not in _LOOPBACK,
+            "verify": shared_ssl_context(),
         }
 
     def _fill_jar(self, jar: httpx.Cookies) -> None:
@@ -1133,6 +1134,7 @@ class AsyncAgentSession(_SessionBase):
         super().__init__(task, signed_in, backend, refresh_margin=refresh_margin)
         if transport is None:
             transport = httpx.AsyncHTTPTransport(
+                verify=shared_ssl_context(),
                 limits=httpx.Limits(max_keepalive_connections=0),
                 trust_env=self._client_options(signed_in, timeout)["trust_env"],
             )

@@ -27,6 +27,7 @@ from pytest_agenttask._redact import Secret
 from pytest_agenttask.client import (
     CLERK_API_VERSION,
     DEFAULT_API_URL,
+    DEFAULT_MAX_RATE_LIMIT_WAIT,
     AsyncBackendClient,
     BackendClient,
     RetryPolicy,
@@ -321,6 +322,8 @@ def test_defaults_and_repr_hide_the_key(make_client: Callable[..., BackendClient
         {"timeout": 0},
         {"retries": -1},
         {"backoff": -0.1},
+        {"max_rate_limit_wait": -1},
+        {"max_rate_limit_wait": float("nan")},
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
@@ -645,16 +648,147 @@ def test_retry_after_beyond_max_backoff_gives_up(
     make_client: Callable[..., BackendClient],
     sleeps: list[float],
 ) -> None:
-    limited = clerk_error(429, "too_many_requests")
-    limited.headers = {"Retry-After": "120"}
-    server = serve(limited)
+    # A failure (503) that asks for more than max_backoff: given up at once.
+    # (A 429 is a rate limit, bounded by max_rate_limit_wait instead: see below.)
+    unavailable = clerk_error(503, "service_unavailable")
+    unavailable.headers = {"Retry-After": "120"}
+    server = serve(unavailable)
     with pytest.raises(ClerkAPIError) as info:
         create(make_client(server.api_url, max_backoff=30))
-    assert info.value.status == 429
+    assert info.value.status == 503
     assert sleeps == []
     assert len(server.requests) == 1
     notes = getattr(info.value, "__notes__", [])
     assert notes in ([], ["not retried: Clerk asked to wait 120 s, more than max_backoff (30 s)"])
+
+
+# Clerk's rate limit: a 429 that says how long to wait is waited out, outside the
+# ``retries`` budget, within ``max_rate_limit_wait`` seconds of waits per call.
+
+
+def rate_limited(seconds: str | None = "2") -> Reply:
+    reply = clerk_error(429, "too_many_requests")
+    if seconds is not None:
+        reply.headers = {"Retry-After": seconds}
+    return reply
+
+
+def no_jitter(client: BackendClient) -> BackendClient:
+    client._core.rand = lambda: 0.0
+    return client
+
+
+def test_rate_limit_delay_is_bounded_by_the_budget_not_by_max_backoff() -> None:
+    policy = RetryPolicy(retries=0, max_backoff=1.0, max_rate_limit_wait=30.0)
+    assert policy.rate_limit_delay(2.0, 0.0, 0.0) == 2.0
+    assert 2.0 <= (policy.rate_limit_delay(2.0, 0.0, 0.999) or 0) <= 2.2
+    assert policy.rate_limit_delay(20.0, 0.0, 0.0) == 20.0  # beyond max_backoff: still waited
+    assert policy.rate_limit_delay(20.0, 9.0, 0.999) == 21.0  # jitter stops at the budget
+    assert policy.rate_limit_delay(20.0, 11.0, 0.0) is None  # does not fit any more
+    assert policy.rate_limit_delay(0.0, 0.0, 0.0) == 0.1  # "now" still counts
+    assert RetryPolicy().max_rate_limit_wait == DEFAULT_MAX_RATE_LIMIT_WAIT == 120.0
+
+
+def test_rate_limit_waits_do_not_consume_the_retries(
+    serve: Callable[..., LocalServer],
+    make_client: Callable[..., BackendClient],
+    sleeps: list[float],
+) -> None:
+    server = serve(*[rate_limited("2")] * 6, Reply(200, task_json()))
+    client = make_client(server.api_url, retries=1)
+    assert create(client).agent_task_id == "agttsk_1"
+    assert len(sleeps) == 6
+    assert all(2.0 <= wait <= 2.2 for wait in sleeps)
+    stats = client.stats
+    assert (stats.requests_sent, stats.retries, stats.rate_limited) == (7, 6, 6)
+    assert stats.rate_limit_wait == pytest.approx(sum(sleeps))
+    assert stats.ambiguous_creates == 0
+
+
+def test_rate_limit_waits_stop_at_max_rate_limit_wait(
+    serve: Callable[..., LocalServer],
+    make_client: Callable[..., BackendClient],
+    sleeps: list[float],
+) -> None:
+    server = serve(rate_limited("10"))  # for ever
+    client = no_jitter(make_client(server.api_url, retries=3, max_rate_limit_wait=35))
+    with pytest.raises(ClerkAPIError) as info:
+        create(client)
+    assert info.value.status == 429
+    assert sleeps == [10.0, 10.0, 10.0]  # a fourth would end past 35 s: not waited
+    assert len(server.requests) == 4
+    notes = getattr(info.value, "__notes__", [])
+    assert notes in (
+        [],
+        [
+            "not retried: Clerk asked to wait 10 s, more than is left of max_rate_limit_wait "
+            "(30.0 of 35 s waited)",
+            "gave up after 4 attempts",
+        ],
+    )
+
+
+def test_retry_after_longer_than_the_whole_budget_gives_up_at_once(
+    serve: Callable[..., LocalServer],
+    make_client: Callable[..., BackendClient],
+    sleeps: list[float],
+) -> None:
+    server = serve(rate_limited("3600"))
+    with pytest.raises(ClerkAPIError):
+        create(make_client(server.api_url))
+    assert sleeps == []
+    assert len(server.requests) == 1
+
+
+def test_repeated_retry_after_zero_still_ends(
+    serve: Callable[..., LocalServer],
+    make_client: Callable[..., BackendClient],
+    sleeps: list[float],
+) -> None:
+    server = serve(rate_limited("0"))
+    client = no_jitter(make_client(server.api_url, max_rate_limit_wait=0.55))
+    with pytest.raises(ClerkAPIError):
+        create(client)
+    assert sleeps == [0.1] * 5
+    assert len(server.requests) == 6
+
+
+def test_429_without_retry_after_uses_the_retries(
+    serve: Callable[..., LocalServer],
+    make_client: Callable[..., BackendClient],
+    sleeps: list[float],
+) -> None:
+    server = serve(rate_limited(None))
+    client = make_client(server.api_url, retries=2)
+    with pytest.raises(ClerkAPIError) as info:
+        create(client)
+    assert info.value.status == 429
+    assert_backoff(sleeps, [0.5, 1.0])
+    assert (client.stats.requests_sent, client.stats.rate_limited) == (3, 0)
+
+
+def test_rate_limit_and_failures_have_separate_budgets(
+    serve: Callable[..., LocalServer],
+    make_client: Callable[..., BackendClient],
+    sleeps: list[float],
+) -> None:
+    failed = clerk_error(503, "service_unavailable")
+    server = serve(failed, rate_limited("1"), rate_limited("1"), failed, rate_limited("1"), failed)
+    client = make_client(server.api_url, retries=2)
+    with pytest.raises(ClerkAPIError) as info:
+        create(client)
+    assert info.value.status == 503  # the third failure: retries=2 spent
+    assert len(server.requests) == 6
+    assert len(sleeps) == 5
+    assert_backoff([sleeps[0], sleeps[3]], [0.5, 1.0])
+    assert all(1.0 <= sleeps[i] <= 1.1 for i in (1, 2, 4))
+    assert (client.stats.retries, client.stats.rate_limited) == (5, 3)
+
+    server = serve(failed, rate_limited("1"), failed, rate_limited("1"), Reply(200, task_json()))
+    sleeps.clear()
+    assert create(make_client(server.api_url, retries=2)).agent_task_id == "agttsk_1"
+    assert len(sleeps) == 4
+
 
 
 def test_connection_refused_is_retried_with_backoff(
@@ -749,6 +883,30 @@ def test_async_client_shares_the_rules(serve: Callable[..., LocalServer]) -> Non
     assert len(waits) == 1
     assert 1.0 <= waits[0] <= 1.1
     assert {seen.port for seen in server.requests} == {server.requests[0].port}
+
+
+def test_async_client_waits_out_the_rate_limit(serve: Callable[..., LocalServer]) -> None:
+    server = serve(*[rate_limited("1")] * 3, Reply(200, task_json()), rate_limited("5"))
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def main() -> None:
+        async with AsyncBackendClient(
+            SECRET, api_url=server.api_url, sleep=record, retries=0, max_rate_limit_wait=8
+        ) as client:
+            await client.create(
+                agent_name="a", task_description="d", redirect_url="http://x/", user_id="u"
+            )
+            assert client.stats.rate_limited == 3
+            with pytest.raises(ClerkAPIError):  # 5 s more does not fit in 8
+                await client.revoke("agttsk_1")
+
+    asyncio.run(main())
+    assert len(waits) == 4
+    assert all(1.0 <= wait <= 1.1 for wait in waits[:3])
+    assert 5.0 <= waits[3] <= 5.5
 
 
 # --------------------------------------------------------------------------- #
@@ -853,6 +1011,24 @@ def test_emulator_retries_429(
     assert client.stats.ambiguous_creates == 0
     assert len(clerk.pending_tasks()) == 1
     assert clerk.task(task.agent_task_id).status == "pending"
+
+
+def test_emulator_rate_limit_is_met_by_waiting() -> None:
+    # Clerk's limit, scaled down: 2 requests per second. Even with retries=0 every
+    # call gets through, by waiting as the limiter's Retry-After says (real sleeps).
+    from pytest_agenttask.emulator import ClerkEmulator
+
+    with ClerkEmulator(rate_limit=True, rate_limit_requests=2, rate_limit_window=1.0) as clerk:
+        with BackendClient(clerk.secret_key, api_url=clerk.api_url, retries=0) as client:
+            started = time.monotonic()
+            tasks = [create(client, user_id=clerk.default_user_id) for _ in range(4)]
+            for task in tasks:
+                client.revoke(task.agent_task_id)
+            elapsed = time.monotonic() - started
+        assert [r.status for r in clerk.requests].count(429) == client.stats.rate_limited >= 1
+        assert client.stats.rate_limit_wait >= 1.0
+        assert elapsed >= 3.0  # 8 requests at 2 per second
+        assert clerk.pending_tasks() == []
 
 
 @pytest.mark.parametrize(("status", "ambiguous"), [(503, 0), (500, 1)])
