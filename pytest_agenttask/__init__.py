@@ -62,6 +62,7 @@ from .plugin import (  # noqa: F401 (found by pytest, not used here)
     pytest_sessionfinish,
     pytest_sessionstart,
     pytest_terminal_summary,
+    pytest_testnodedown,
     pytest_unconfigure,
 )
 

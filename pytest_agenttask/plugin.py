@@ -55,6 +55,8 @@ class _Run:
         self.ledger = TaskLedger()
         self.recovered = TaskLedger()
         self.background = BackgroundCloser()
+        # Under pytest-xdist the controller gets each worker's summary.
+        self.worker_summaries: list[tuple[str, dict[str, Any]]] = []
         self._record_lock = threading.Lock()
         self._leftovers: LeftoverFiles | None = None
         if leftovers_dir is not None and not settings.emulator and settings.secret_key:
@@ -530,22 +532,38 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     run.sweep()
-    left_open = run.ledger.unresolved() or run.ledger.sessions("active", "failed")
+    left_open = len(run.ledger.unresolved()) + len(run.ledger.sessions("active", "failed"))
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and len(run.ledger):  # a pytest-xdist worker
+        workeroutput["agenttask"] = {"lines": summary_lines(run), "left_open": left_open}
+    left_open += sum(summary["left_open"] for _, summary in run.worker_summaries)
     if left_open and session.exitstatus == pytest.ExitCode.OK:
         # A live login link left behind is a failure of the run, even when every
         # test passed (with agenttask_close = background no teardown reported it).
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist: keep what a worker reports, for the controller's summary."""
+    summary = getattr(node, "workeroutput", {}).get("agenttask")
+    if summary:
+        _run(node.config).worker_summaries.append((str(node.gateway.id), summary))
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     run = config.stash.get(_RUN, None)
-    if run is None or not (len(run.ledger) or len(run.recovered)):
+    if run is None:
         return
-    lines = summary_lines(run)
+    lines = summary_lines(run) if len(run.ledger) or len(run.recovered) else []
+    for worker, summary in sorted(run.worker_summaries):
+        lines += [f"[{worker}] {line}" for line in summary["lines"]]
+    if not lines:
+        return
     terminalreporter.write_sep("-", "agenttask")
-    left_open = any(line.startswith("  left open:") for line in lines)
+    left_open = any("  left open:" in line for line in lines)
     for line in lines:
         terminalreporter.write_line(line, red=left_open)
 

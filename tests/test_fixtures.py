@@ -621,3 +621,31 @@ def test_background_close_failures_are_swept_or_fail_the_run(
     assert result.ret == pytest.ExitCode.TESTS_FAILED  # something stayed open
     result.stdout.fnmatch_lines(["*1 left open*", "  left open: Agent Task *503*"])
     emulator.clear_faults()
+
+
+def test_under_xdist_the_workers_report_to_the_summary(
+    pytester: pytest.Pytester, clerk_args: list[str], emulator: ClerkEmulator
+) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_task(agent_task, n): pass
+
+        @pytest.mark.agenttask(usr_id="typo")
+        def test_bad_marker(agent_task): pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*clerk_args, "-n", "2")
+    result.assert_outcomes(passed=4, errors=1)  # a bad marker fails its test, no crash
+    result.stdout.fnmatch_lines(
+        [
+            "*test_bad_marker*unknown keyword 'usr_id'*",
+            "[[]gw?[]] agenttask: * 0 left open",
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str()
+    assert len(emulator.tasks) == 4
+    assert emulator.pending_tasks() == []
