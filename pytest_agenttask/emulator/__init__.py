@@ -13,6 +13,13 @@
         clerk.active_sessions() # the sessions visiting task URLs opened
         clerk.inject_fault(path="/v1/agents/tasks", status=503, retry_after=1)
 
+    # The network model: Clerk's cost on loopback, to count round trips by the clock.
+    with ClerkEmulator(latency=0.05, connect_cost=0.1) as clerk:
+        clerk.latency           # seconds added to every request (settable)
+        clerk.connect_cost      # seconds added once per new TCP connection (settable)
+        clerk.connections_opened, clerk.connection_count(api="backend")
+        clerk.requests[-1].duration, clerk.requests[-1].new_connection
+
 No pytest, no httpx. Signing session tokens needs cryptography and PyJWT, the
 optional extra ``pytest-agenttask[emulator]``, imported only when an emulator
 starts. ``python -m pytest_agenttask.emulator`` runs it as a command.

@@ -45,6 +45,21 @@ def _parser() -> argparse.ArgumentParser:
         help="how long session tokens are valid (default: 60, as Clerk's)",
     )
     parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds added to every request, one round trip to the real service (default: 0)",
+    )
+    parser.add_argument(
+        "--connect-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds added to the first request of each new connection, "
+        "TCP and TLS set-up (default: 0)",
+    )
+    parser.add_argument(
         "--domain",
         action="append",
         default=[],
@@ -71,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate_limit=args.rate_limit,
             domains=args.domains,
             session_token_lifetime=args.session_token_lifetime,
+            latency=args.latency,
+            connect_cost=args.connect_cost,
         )
     except (TypeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -90,7 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"CLERK_SECRET_KEY={emulator.secret_key}")
         print(f"CLERK_USER_ID={emulator.default_user_id}")
         print(f"CLERK_REDIRECT_URL={emulator.default_redirect_url}", flush=True)
-        print("Clerk emulator running; Ctrl-C to stop.", file=sys.stderr, flush=True)
+        network = ""
+        if emulator.latency or emulator.connect_cost:
+            network = (
+                f" (latency {emulator.latency:g} s per request, "
+                f"{emulator.connect_cost:g} s per new connection)"
+            )
+        print(f"Clerk emulator running{network}; Ctrl-C to stop.", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     finally:

@@ -87,7 +87,12 @@ _SIGNED_IN_PAGE = (
 
 @dataclass(frozen=True)
 class Request:
-    """A request as the server parsed it. ``headers`` has lower-case names."""
+    """A request as the server parsed it. ``headers`` has lower-case names.
+
+    ``connection`` numbers the TCP connection it came on (per listener, from 1;
+    0 when unknown) and ``new_connection`` says it is that connection's first
+    request, which pays the emulator's ``connect_cost``.
+    """
 
     method: str
     path: str
@@ -95,6 +100,8 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     framing_error: ApiError | None = None  # the body could not be read
+    connection: int = 0
+    new_connection: bool = False
 
 
 @dataclass(frozen=True)

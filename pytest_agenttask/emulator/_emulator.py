@@ -60,6 +60,15 @@ class ClerkEmulator:
 
     Errors raised by the emulator's own handlers are answered with a 500 and
     kept; :meth:`check_errors` re-raises them in the test.
+
+    A network model makes loopback cost what the real service does, so that
+    round trips can be counted by the clock: every request of either API waits
+    :attr:`latency` seconds before it is answered (one round trip: half before
+    it is handled, half after), and the first request of each new TCP
+    connection waits :attr:`connect_cost` seconds more (TCP and TLS set-up).
+    Both default to 0 and are settable while running;
+    :attr:`connections_opened` and the request log's timings
+    (:class:`RecordedRequest`) show what was paid.
     """
 
     def __init__(
@@ -74,6 +83,8 @@ class ClerkEmulator:
         rate_limit_window: float = 10.0,
         domains: Sequence[str] = (),
         session_token_lifetime: float = DEFAULT_SESSION_TOKEN_LIFETIME,
+        latency: float = 0.0,
+        connect_cost: float = 0.0,
     ) -> None:
         if secret_key is None:
             secret_key = new_secret_key()
@@ -84,6 +95,10 @@ class ClerkEmulator:
             raise TypeError("domains must be a sequence of host names, not a string")
         self._secret_key = secret_key
         self._session_token_lifetime = _lifetime(session_token_lifetime)
+        self._latency = _network_seconds("latency", latency)
+        self._connect_cost = _network_seconds("connect_cost", connect_cost)
+        self._connections: dict[API, int] = {"backend": 0, "frontend": 0}
+        self._in_flight = 0
         self._host = host
         self._ports = (port, frontend_port)
         self._domains = tuple(_normalize_domain(domain) for domain in domains)
@@ -131,13 +146,17 @@ class ClerkEmulator:
             self._stopping.clear()
             port, frontend_port = self._ports
             api = LoopbackServer(
-                (self._host, port), partial(self._handle, "backend"), on_error=self._keep_error
+                (self._host, port),
+                partial(self._handle, "backend"),
+                on_error=self._keep_error,
+                on_connect=partial(self._count_connection, "backend"),
             )
             try:
                 fapi = LoopbackServer(
                     (self._host, frontend_port),
                     partial(self._handle, "frontend"),
                     on_error=self._keep_error,
+                    on_connect=partial(self._count_connection, "frontend"),
                 )
             except BaseException:
                 api.server_close()
@@ -164,7 +183,7 @@ class ClerkEmulator:
             threads, self._threads = self._threads, ()
             if servers is None:
                 return
-            self._stopping.set()  # ends injected delays early
+            self._stopping.set()  # ends injected delays and network waits early
             for server in servers:
                 server.shutdown()
                 server.server_close()
@@ -254,6 +273,54 @@ class ClerkEmulator:
         self._rate_limit = enabled
         if not enabled:
             self._limiter.reset()
+
+    # -- network model -----------------------------------------------------
+
+    @property
+    def latency(self) -> float:
+        """Seconds added to every request of either API before it is answered:
+        one round trip to the real service (half before the request is handled,
+        half after). Default 0; settable while running."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._latency = _network_seconds("latency", seconds)
+
+    @property
+    def connect_cost(self) -> float:
+        """Seconds added once per new TCP connection, to its first request
+        (connection and TLS set-up against the real service). Default 0;
+        settable while running."""
+        return self._connect_cost
+
+    @connect_cost.setter
+    def connect_cost(self, seconds: float) -> None:
+        self._connect_cost = _network_seconds("connect_cost", seconds)
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections accepted by both APIs since the start or :meth:`reset`."""
+        return self.connection_count()
+
+    def connection_count(self, api: API | None = None) -> int:
+        """TCP connections accepted since the start or :meth:`reset`, by one API or both."""
+        with self._state.lock:
+            if api is None:
+                return sum(self._connections.values())
+            if api not in self._connections:
+                raise ValueError(f"api must be 'backend', 'frontend' or None, not {api!r}")
+            return self._connections[api]
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests received and not yet answered (e.g. waiting out the latency)."""
+        with self._state.lock:
+            return self._in_flight
+
+    def _count_connection(self, api: API) -> None:
+        with self._state.lock:
+            self._connections[api] += 1
 
     def _listener(self, index: int) -> LoopbackServer:
         servers = self._servers
@@ -376,9 +443,12 @@ class ClerkEmulator:
         )
 
     def reset(self) -> None:
-        """Forget tasks, sessions, requests, faults, rate-limit counts and handler
-        errors; users, agent ids and the signing key stay."""
+        """Forget tasks, sessions, requests, connection counts, faults, rate-limit
+        counts and handler errors; users, agent ids, the signing key and the
+        network model stay."""
         with self._state.lock:
+            for api in self._connections:
+                self._connections[api] = 0
             self._state.tasks.clear()
             self._state.sessions.clear()
             self._state.requests.clear()
@@ -477,16 +547,37 @@ class ClerkEmulator:
 
     def _handle(self, api: API, request: Request) -> Response | None:
         at = time.time()
-        fault = self._take_fault(api, request.method, request.path)
+        with self._state.lock:
+            self._in_flight += 1
+        try:
+            return self._handle_in_flight(api, request, at)
+        finally:
+            with self._state.lock:
+                self._in_flight -= 1
+
+    def _handle_in_flight(self, api: API, request: Request, at: float) -> Response | None:
+        # The network model: read once, so a concurrent change applies to whole requests.
+        latency, connect_cost = self._latency, self._connect_cost
+        before = latency / 2 + (connect_cost if request.new_connection else 0.0)
+        after = latency - latency / 2
+        fault: Fault | None = None
         response: Response | None
-        if fault is not None and fault.delay and self._stopping.wait(fault.delay):
+        if before and self._stopping.wait(before):
+            response = None  # stopped while the request was "on the wire": not handled
+        elif (fault := self._take_fault(api, request.method, request.path)) is None:
+            response = self._dispatch(api, request)
+        elif fault.delay and self._stopping.wait(fault.delay):
             response = None  # stopped during the delay: the request is not handled
-        elif fault is not None and fault.replaces_response and not fault.processed:
+        elif fault.replaces_response and not fault.processed:
             response = _fault_response(fault)
         else:
             response = self._dispatch(api, request)
-            if fault is not None and fault.replaces_response:
+            if fault.replaces_response:
                 response = _fault_response(fault)
+        if response is None:
+            after = 0.0  # nothing to carry back
+        elif after and self._stopping.wait(after):
+            response = None  # stopped while the answer was "on the wire"
         note: str | None
         if fault is not None:
             note = fault.description
@@ -499,6 +590,10 @@ class ClerkEmulator:
             status=response.status if response is not None else None,
             fault=note,
             at=at,
+            finished_at=time.time(),
+            network_delay=before + after,
+            connection=request.connection,
+            new_connection=request.new_connection,
         )
         with self._state.lock:
             self._state.requests.append(record)
@@ -569,6 +664,14 @@ def _seconds(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.3f}".rstrip("0")
+
+
+def _network_seconds(name: str, seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, not {seconds!r}")
+    return float(seconds)
 
 
 def _lifetime(seconds: float) -> float:

@@ -53,10 +53,13 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 120  # seconds an idle keep-alive connection is kept
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: LoopbackServer
+    connection_number: int  # this connection's number on its listener, from 1
+    requests_served: int
 
     def setup(self) -> None:
         super().setup()
-        self.server.track(self)
+        self.connection_number = self.server.track(self)
+        self.requests_served = 0
 
     def finish(self) -> None:
         try:
@@ -70,6 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         path, _, query = self.path.partition("?")
         body, framing_error = self._read_body()
+        self.requests_served += 1
         request = Request(
             method=self.command,
             path=path,
@@ -77,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers={name.lower(): value for name, value in reversed(self.headers.items())},
             body=body,
             framing_error=framing_error,
+            connection=self.connection_number,
+            new_connection=self.requests_served == 1,
         )
         response = self.server.app(request)
         if response is None:  # drop: close without answering
@@ -155,12 +161,15 @@ class LoopbackServer(ThreadingHTTPServer):
         app: App,
         *,
         on_error: Callable[[BaseException], None],
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
         self._on_error = on_error
         self._connections: dict[_Handler, threading.Thread] = {}
         self._connections_lock = threading.Lock()
+        self._connection_numbers = 0
+        self._on_connect = on_connect
         super().__init__(address, _Handler)
 
     @property
@@ -174,9 +183,21 @@ class LoopbackServer(ThreadingHTTPServer):
         self.server_name = str(host)
         self.server_port = int(port)
 
-    def track(self, handler: _Handler) -> None:
+    def track(self, handler: _Handler) -> int:
+        """Register a new connection; returns its number (from 1)."""
         with self._connections_lock:
             self._connections[handler] = threading.current_thread()
+            self._connection_numbers += 1
+            number = self._connection_numbers
+        if self._on_connect is not None:
+            self._on_connect()
+        return number
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open now."""
+        with self._connections_lock:
+            return len(self._connections)
 
     def untrack(self, handler: _Handler) -> None:
         with self._connections_lock:

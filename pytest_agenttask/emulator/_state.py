@@ -114,6 +114,13 @@ class RecordedRequest:
     ``status`` is ``None`` when the connection was dropped; ``fault`` names what
     replaced the normal answer (an injected fault's description, or
     ``"rate_limit"``).
+
+    Timing (unix seconds, :func:`time.time`): ``at`` is when the request was
+    read, ``finished_at`` when its answer was ready to send (after the network
+    model's delays; ``None`` for a request recorded without one). ``network_delay``
+    is the seconds the network model added (``latency``, plus ``connect_cost``
+    on a new connection). ``connection`` numbers the connection per API (from
+    1), and ``new_connection`` marks its first request.
     """
 
     api: API
@@ -122,6 +129,15 @@ class RecordedRequest:
     status: int | None
     fault: str | None
     at: float
+    finished_at: float | None = None
+    network_delay: float = 0.0
+    connection: int = 0
+    new_connection: bool = False
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from reading the request to having its answer ready."""
+        return None if self.finished_at is None else self.finished_at - self.at
 
 
 class InstanceState:
