@@ -2,37 +2,46 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
 __all__ = ["Secret", "install_log_filter", "mask_tickets"]
 
-# After "?", "&" (raw or percent-encoded) or a word boundary, so a ticket quoted
-# in an HTML error page ("<p>ticket=...") is masked too.
-_TICKET = re.compile(
-    r"((?:\?|&|%3F|%26|\b)(?:ticket|__clerk_ticket)(?:=|%3D))[^&#\s'\"<>]+", re.IGNORECASE
-)
-_SECRET_KEY = re.compile(r"sk_(?:test|live)_[^\s'\"&;,<>]+")
-# What a consumed ticket hands out: the handshake and the dev-browser token in the
-# redirect's query, and the session and client tokens in cookie headers (names may
-# carry a suffix, "__session_Ab12"). A value ends at ";" or "," too (cookie lists).
-_SIGN_IN_TOKENS = re.compile(
-    r"((?:\?|&|%3F|%26|\b)(?:__clerk_handshake|__clerk_db_jwt|__session|__client)"
-    r"(?:_[A-Za-z0-9-]+)?(?:=|%3D))[^&#\s'\"<>;,]+",
-    re.IGNORECASE,
-)
-# Any JWT (session tokens, handshakes, tickets), wherever it appears.
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 MASK = "***"
+
+
+@functools.cache
+def _patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """The patterns and their replacements, compiled on first use (not at import:
+    enabling the plugin on a suite that never masks anything costs nothing)."""
+    # After "?", "&" (raw or percent-encoded) or a word boundary, so a ticket quoted
+    # in an HTML error page ("<p>ticket=...") is masked too.
+    ticket = re.compile(
+        r"((?:\?|&|%3F|%26|\b)(?:ticket|__clerk_ticket)(?:=|%3D))[^&#\s'\"<>]+", re.IGNORECASE
+    )
+    # What a consumed ticket hands out: the handshake and the dev-browser token in the
+    # redirect's query, and the session and client tokens in cookie headers (names may
+    # carry a suffix, "__session_Ab12"). A value ends at ";" or "," too (cookie lists).
+    sign_in_tokens = re.compile(
+        r"((?:\?|&|%3F|%26|\b)(?:__clerk_handshake|__clerk_db_jwt|__session|__client)"
+        r"(?:_[A-Za-z0-9-]+)?(?:=|%3D))[^&#\s'\"<>;,]+",
+        re.IGNORECASE,
+    )
+    # Any JWT (session tokens, handshakes, tickets), wherever it appears.
+    jwt = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+    secret_key = re.compile(r"sk_(?:test|live)_[^\s'\"&;,<>]+")
+    masked = r"\1" + MASK
+    return ((ticket, masked), (sign_in_tokens, masked), (jwt, MASK), (secret_key, "sk_***"))
 
 
 def mask_tickets(text: str) -> str:
     """Return ``text`` with every ``ticket=`` query value and every secret key masked,
     and every sign-in token too: ``__clerk_handshake``, ``__clerk_db_jwt``,
     ``__session`` and ``__client`` values, and anything shaped like a JWT."""
-    text = _TICKET.sub(r"\1" + MASK, text)
-    text = _SIGN_IN_TOKENS.sub(r"\1" + MASK, text)
-    return _SECRET_KEY.sub("sk_***", _JWT.sub(MASK, text))
+    for pattern, replacement in _patterns():
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class Secret:

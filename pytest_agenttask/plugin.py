@@ -8,6 +8,7 @@ lives in :mod:`pytest_agenttask.client`; this module only wires it to pytest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import threading
@@ -17,10 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import pytest
 
 from . import hookspecs
-from ._leftovers import LeftoverFiles, instance_fingerprint
 from ._redact import Secret, install_log_filter, mask_tickets
 from .errors import AgentTaskError, ConfigurationError
-from .ledger import BackgroundCloser, Closer, TaskLedger
 from .models import AgentTask, TaskURL
 from .settings import MARKER_KEYWORDS, Settings, load_settings, parse_marker_value, register_options
 
@@ -29,8 +28,10 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from ._leftovers import LeftoverFiles
     from .client import BackendClient
     from .emulator import ClerkEmulator
+    from .ledger import BackgroundCloser, Closer, TaskLedger
     from .session import AgentSession, AsyncAgentSession, SignIn
 
 __all__ = ["AgentTaskFactory"]
@@ -52,19 +53,17 @@ class _Run:
 
     def __init__(self, settings: Settings, leftovers_dir: Path | None = None) -> None:
         self.settings = settings
-        self.ledger = TaskLedger()
-        self.recovered = TaskLedger()
-        self.background = BackgroundCloser()
         # Under pytest-xdist the controller gets each worker's summary.
         self.worker_summaries: list[tuple[str, dict[str, Any]]] = []
         self._record_lock = threading.Lock()
         self._leftovers: LeftoverFiles | None = None
         if leftovers_dir is not None and not settings.emulator and settings.secret_key:
             # An emulator dies with its run, so only a real Clerk needs the record.
+            from ._leftovers import LeftoverFiles, instance_fingerprint
+
             worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
             fingerprint = instance_fingerprint(settings.api_url, settings.secret_key.reveal())
             self._leftovers = LeftoverFiles(leftovers_dir, worker, fingerprint)
-            self.ledger.on_change = self._record
         self._lock = threading.Lock()
         self._emulator: ClerkEmulator | None = None
         self._client: BackendClient | None = None
@@ -131,6 +130,33 @@ class _Run:
     def emulator_started(self) -> ClerkEmulator | None:
         return self._emulator
 
+    # The ledgers and the closer thread are made on first use: a run that never
+    # creates a task does not even import them.
+
+    @functools.cached_property
+    def ledger(self) -> TaskLedger:
+        """What this run created, and how each thing was closed."""
+        from .ledger import TaskLedger
+
+        return TaskLedger(on_change=self._record if self._leftovers is not None else None)
+
+    @functools.cached_property
+    def recovered(self) -> TaskLedger:
+        """What earlier, killed runs left open and this one closed."""
+        from .ledger import TaskLedger
+
+        return TaskLedger()
+
+    @functools.cached_property
+    def background(self) -> BackgroundCloser:
+        from .ledger import BackgroundCloser
+
+        return BackgroundCloser()
+
+    def made(self, name: str) -> bool:
+        """Whether the lazily made ``ledger``, ``recovered`` or ``background`` exists."""
+        return name in vars(self)
+
     def _record(self, ledger: TaskLedger) -> None:
         if self._leftovers is not None:
             with self._record_lock:  # the snapshot and its write, in one piece
@@ -147,6 +173,8 @@ class _Run:
             self.recovered.restore(record, "(left open by an earlier run)")
         client = self.client()
         if client is not None:
+            from .ledger import Closer
+
             Closer(client, self.recovered).sweep()
 
     def frontend_http(self) -> httpx.Client:
@@ -173,9 +201,12 @@ class _Run:
         """Close whatever is still open: what a teardown failed to close or never reached."""
         # What is still queued for the background closer is closed first; the
         # bound is generous (each job retries), and what outlives it is swept.
-        self.background.drain(timeout=max(60.0, self.settings.timeout * 30))
+        if self.made("background"):
+            self.background.drain(timeout=max(60.0, self.settings.timeout * 30))
         client = self.client() if self._client is not None else None
         if client is not None:
+            from .ledger import Closer
+
             Closer(client, self.ledger).sweep()
 
     def close(self) -> None:
@@ -300,6 +331,8 @@ class AgentTaskFactory:
         a test used itself; return one problem line per thing left open. The
         ``pytest_agenttask_revoked`` hooks run after everything is closed."""
         ledger = self._run.ledger
+        from .ledger import Closer
+
         closer = Closer(self._run.client() or self._client, ledger)
         if self._run.settings.close == "background":
             tasks = list(self.tasks)
@@ -474,9 +507,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _recovered_line(run: _Run) -> str | None:
-    recovered = run.recovered
-    if not len(recovered):
+    if not run.made("recovered") or not len(run.recovered):
         return None
+    recovered = run.recovered
     closed = len(recovered) - len(recovered.unresolved())
     sessions = len(recovered.sessions("revoked"))
     return (
@@ -496,7 +529,23 @@ _MARKER_ERROR = pytest.StashKey[str]()
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Check every agenttask marker before any test runs."""
+    # Whether a node or one of its parents has the marker, once per module and
+    # class rather than once per test: most suites have thousands of unmarked tests.
+    marked: dict[int, bool] = {}
+
+    def has_marker(node: pytest.Item | pytest.Collector) -> bool:
+        if any(mark.name == "agenttask" for mark in node.own_markers):
+            return True
+        parent = node.parent
+        if parent is None:
+            return False
+        if id(parent) not in marked:
+            marked[id(parent)] = has_marker(parent)
+        return marked[id(parent)]
+
     for item in items:
+        if not has_marker(item):
+            continue
         try:
             for where, kwargs in _marker_layers(item):
                 _validated(kwargs, where)
@@ -532,9 +581,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     run.sweep()
-    left_open = len(run.ledger.unresolved()) + len(run.ledger.sessions("active", "failed"))
+    left_open = 0
+    if run.made("ledger"):
+        left_open = len(run.ledger.unresolved()) + len(run.ledger.sessions("active", "failed"))
     workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None and len(run.ledger):  # a pytest-xdist worker
+    if workeroutput is not None and run.made("ledger") and len(run.ledger):  # xdist worker
         workeroutput["agenttask"] = {"lines": summary_lines(run), "left_open": left_open}
     left_open += sum(summary["left_open"] for _, summary in run.worker_summaries)
     if left_open and session.exitstatus == pytest.ExitCode.OK:
@@ -557,7 +608,10 @@ def pytest_terminal_summary(
     run = config.stash.get(_RUN, None)
     if run is None:
         return
-    lines = summary_lines(run) if len(run.ledger) or len(run.recovered) else []
+    made = (run.made("ledger") and len(run.ledger)) or (
+        run.made("recovered") and len(run.recovered)
+    )
+    lines = summary_lines(run) if made else []
     for worker, summary in sorted(run.worker_summaries):
         lines += [f"[{worker}] {line}" for line in summary["lines"]]
     if not lines:
@@ -854,6 +908,8 @@ def agent_page(
         page, task, lambda s: ledger.add_session(s.session_id, task.agent_task_id)
     )
     yield page
+    from .ledger import Closer
+
     closer = Closer(run.client() or agenttask_client, ledger)
     record = ledger.session(signed.session_id)
     if run.settings.close == "background":
@@ -916,4 +972,3 @@ def _browser_sign_in(page: Any, task: AgentTask, on_signed: Callable[[SignIn], o
     if problems or not signed:
         _fail(f"agent_page: {'; '.join(problems) or 'the task URL was never visited'}")
     return signed[0]
-

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,9 +42,10 @@ MARKER_KEYWORDS = (
     "session_max_duration",
 )
 
-_SECRET_KEY_SHAPE = re.compile(r"sk_(test|live)_\S+")
-_LOOKS_LIKE_SECRET = re.compile(r"\bsk_(?:test|live)_")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Patterns as strings: the re module compiles (and caches) them on first use.
+_SECRET_KEY_SHAPE = r"sk_(test|live)_\S+"  # noqa: S105 (a pattern)
+_LOOKS_LIKE_SECRET = r"\bsk_(?:test|live)_"  # noqa: S105 (a pattern)
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 # -- parsers: str -> value, ValueError("expected ...") on bad input ----------
@@ -137,7 +137,7 @@ def parse_session_scope(value: str) -> str:
 
 def parse_env_name(value: str) -> str:
     """The name of an environment variable."""
-    if not _ENV_NAME.fullmatch(value):
+    if not re.fullmatch(_ENV_NAME, value):
         raise ValueError("expected the name of an environment variable, such as CLERK_SECRET_KEY")
     return value
 
@@ -163,6 +163,8 @@ def parse_template(value: str) -> str:
     """A ``str.format`` template using only ``{nodeid}``, ``{name}`` and ``{module}``."""
     parse_text(value)
     try:
+        import string
+
         fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
     except ValueError as error:
         raise ValueError(f"expected a template such as '{{nodeid}}' ({error})") from None
@@ -377,7 +379,7 @@ class Settings:
 
 
 def _describe_value(value: str) -> str:
-    return "<redacted>" if _LOOKS_LIKE_SECRET.search(value) else repr(value)
+    return "<redacted>" if re.search(_LOOKS_LIKE_SECRET, value) else repr(value)
 
 
 def _problem(key: str, value: str, source: str, expected: str) -> str:
@@ -457,7 +459,7 @@ def resolve_settings(
             source = ini_source(option.key)
         else:
             raw, source = None, "default"
-        if raw is not None and _LOOKS_LIKE_SECRET.search(raw):
+        if raw is not None and re.search(_LOOKS_LIKE_SECRET, raw):
             raise ConfigurationError(
                 _problem(
                     option.key,
@@ -497,7 +499,7 @@ def _read_secret_key(
     raw = environ.get(env_name, "").strip()
     if not raw:
         return None
-    match = _SECRET_KEY_SHAPE.fullmatch(raw)
+    match = re.fullmatch(_SECRET_KEY_SHAPE, raw)
     if match is None:
         raise ConfigurationError(
             f"environment variable {env_name} (named by agenttask_secret_key_env): its value is "
