@@ -422,18 +422,20 @@ _SUMMARY = re.compile(r"agenttask: (\d+) Agent Task\(s\) created: .*; (\d+) left
 
 
 def plugin_summary(row: Row, output: str, known: Mapping[str, str], *, workers: int) -> None:
-    match = _SUMMARY.search(output)
-    if match is None:
-        if not workers:
-            row.problems.append("the plugin printed no summary line")
+    """Check the plugin's summary: one line, or under xdist one per worker ("[gw0] ...")."""
+    matches = list(_SUMMARY.finditer(output))
+    if not matches:
+        row.problems.append("the plugin printed no summary line")
         return
-    row.notes.append(f"plugin: {match.group(0)}")
-    if match.group(2) != "0":
-        row.problems.append(f"the plugin says: {match.group(0)}")
-    if int(match.group(1)) != len(known):
-        row.problems.append(
-            f"the plugin counts {match.group(1)} task(s), the created hook {len(known)}"
-        )
+    if workers and len(matches) > workers:
+        row.problems.append(f"{len(matches)} summary lines for {workers} workers")
+    for match in matches:
+        row.notes.append(f"plugin: {match.group(0)}")
+        if match.group(2) != "0":
+            row.problems.append(f"the plugin says: {match.group(0)}")
+    counted = sum(int(match.group(1)) for match in matches)
+    if counted != len(known):
+        row.problems.append(f"the plugin counts {counted} task(s), the created hook {len(known)}")
 
 
 # --------------------------------------------------------------------------- #
