@@ -210,7 +210,7 @@ def test_a_secret_key_in_the_ini_file_is_refused_without_echoing_it(
 def test_live_key_is_refused_unless_allowed(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CLERK_SECRET_KEY", "sk_live_NotARealKey123")
+    monkeypatch.setenv("CLERK_SECRET_KEY", "sk_live_" + "NotARealKey123")  # fake, split on purpose
     pytester.makepyfile("def test_ok(): pass")
     refused = pytester.runpytest("-p", "pytest_agenttask")
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
