@@ -16,12 +16,12 @@ from .errors import (
     ClerkTransportError,
     ConfigurationError,
 )
-from .models import AgentTask, TaskURL
 from .plugin import AgentTaskFactory
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .client import AsyncBackendClient, BackendClient
+    from .models import AgentTask, TaskURL
     from .session import AgentSession, AsyncAgentSession
 
 __all__ = [
@@ -67,6 +67,8 @@ from .plugin import (  # noqa: F401 (found by pytest, not used here)
 )
 
 _LAZY = {
+    "AgentTask": "models",
+    "TaskURL": "models",
     "AgentSession": "session",
     "AsyncAgentSession": "session",
     "AsyncBackendClient": "client",

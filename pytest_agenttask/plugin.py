@@ -20,7 +20,6 @@ import pytest
 from . import hookspecs
 from ._redact import Secret, install_log_filter, mask_tickets
 from .errors import AgentTaskError, ConfigurationError
-from .models import AgentTask, TaskURL
 from .settings import MARKER_KEYWORDS, Settings, load_settings, parse_marker_value, register_options
 
 if TYPE_CHECKING:
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from .client import BackendClient
     from .emulator import ClerkEmulator
     from .ledger import BackgroundCloser, Closer, TaskLedger
+    from .models import AgentTask, TaskURL
     from .session import AgentSession, AsyncAgentSession, SignIn
 
 __all__ = ["AgentTaskFactory"]
@@ -564,6 +564,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
     """Compare task URLs without printing their tickets."""
+    from .models import AgentTask, TaskURL
+
     if not isinstance(left, (TaskURL, AgentTask)) and not isinstance(right, (TaskURL, AgentTask)):
         return None
 

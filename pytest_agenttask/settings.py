@@ -178,13 +178,22 @@ def parse_template(value: str) -> str:
 # -- the option table ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Option:
-    key: str
-    help: str
-    parse: Callable[[str], Any]
-    default: Any = None
-    flag: bool = False  # a CLI switch (store_true) rather than a value
+    """One setting: its ini key (and CLI flag), help, parser and default."""
+
+    # A plain class rather than a dataclass: it is built at import, and the plugin's
+    # import is what a suite that never uses it pays.
+    __slots__ = ("default", "flag", "help", "key", "parse")
+
+    def __init__(
+        self,
+        key: str,
+        help: str,
+        parse: Callable[[str], Any],
+        default: Any = None,
+        flag: bool = False,  # a CLI switch (store_true) rather than a value
+    ) -> None:
+        self.key, self.help, self.parse, self.default, self.flag = key, help, parse, default, flag
 
     @property
     def cli(self) -> str:
