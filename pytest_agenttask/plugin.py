@@ -461,9 +461,11 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 @pytest.hookimpl(trylast=True)  # after the cache provider has set config.cache
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_HELP)
-    cache = getattr(config, "cache", None)
-    leftovers = cache.mkdir("agenttask-open") if cache is not None else None
     settings = load_settings(config)
+    cache = getattr(config, "cache", None)
+    leftovers = None
+    if cache is not None and settings.secret_key is not None and not settings.emulator:
+        leftovers = cache.mkdir("agenttask-open")
     if settings.emulator:
         _check_emulator_extra()
     config.stash[_RUN] = _Run(settings, leftovers)
