@@ -123,10 +123,6 @@ class _Run:
             return self._client
 
     @property
-    def client_started(self) -> bool:
-        return self._client is not None
-
-    @property
     def emulator_started(self) -> ClerkEmulator | None:
         return self._emulator
 
