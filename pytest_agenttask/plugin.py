@@ -326,27 +326,15 @@ class AgentTaskFactory:
         """Close every task made, the sessions they opened, and the sessions of those
         a test used itself; return one problem line per thing left open. The
         ``pytest_agenttask_revoked`` hooks run after everything is closed."""
-        ledger = self._run.ledger
         from .ledger import Closer
 
+        ledger = self._run.ledger
         closer = Closer(self._run.client() or self._client, ledger)
         if self._run.settings.close == "background":
             tasks = list(self.tasks)
             self._run.background.submit(lambda: _close_all(closer, ledger, tasks))
             return []
-        problems: list[str] = []
-        revoked: list[AgentTask] = []
-        for task in self.tasks:
-            record = ledger.record(task.agent_task_id)
-            was_pending = record.state == "open"
-            problems.append(closer.close_task(record) or "")
-            if was_pending and record.state == "revoked":
-                revoked.append(task)
-        # A session a fixture opened but could not hand over (its setup failed).
-        mine = {task.agent_task_id for task in self.tasks}
-        for session in ledger.sessions("active", "failed"):
-            if session.agent_task_id in mine:
-                problems.append(closer.close_session(session) or "")
+        problems, revoked = _close_all(closer, ledger, self.tasks)
         hook = self._request.config.hook.pytest_agenttask_revoked
         errors = []
         for task in revoked:
@@ -356,17 +344,28 @@ class AgentTaskFactory:
                 errors.append(error)
         if errors:
             raise errors[0]
-        return [problem for problem in problems if problem]
+        return problems
 
 
-def _close_all(closer: Closer, ledger: TaskLedger, tasks: list[AgentTask]) -> None:
-    """The background closer's job for one test: its tasks, then what they opened."""
+def _close_all(
+    closer: Closer, ledger: TaskLedger, tasks: list[AgentTask]
+) -> tuple[list[str], list[AgentTask]]:
+    """Close one test's tasks, then the sessions they opened (including one a fixture
+    opened but could not hand over, its setup having failed). Return one problem line
+    per thing left open, and the tasks that were pending and are now revoked."""
+    problems: list[str] = []
+    revoked: list[AgentTask] = []
     for task in tasks:
-        closer.close_task(ledger.record(task.agent_task_id))
+        record = ledger.record(task.agent_task_id)
+        was_pending = record.state == "open"
+        problems.append(closer.close_task(record) or "")
+        if was_pending and record.state == "revoked":
+            revoked.append(task)
     mine = {task.agent_task_id for task in tasks}
     for session in ledger.sessions("active", "failed"):
         if session.agent_task_id in mine:
-            closer.close_session(session)
+            problems.append(closer.close_session(session) or "")
+    return [problem for problem in problems if problem], revoked
 
 
 def _validated(values: Mapping[str, Any], where: str, *, complete: bool = False) -> dict[str, Any]:
